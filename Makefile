@@ -1,0 +1,34 @@
+# Two-command quick start: `make demo` and `make test` each create .venv when missing, install lbtf
+# (editable, with test extras) and then run their job.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.lbtf-installed
+# Quiet TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) so progress lines stay readable.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test bench lint install clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) run_experiments.py
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest tests
+
+bench: $(STAMP)
+	$(PY) bench/bench_train.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,165 @@
+"""Dataset registry: every loader returns a `Dataset` of NumPy arrays, inputs in [0, 1] for pixels.
+
+Data code knows nothing of networks. Loaders are chosen by name with `load_dataset(name, ...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from lbtf.errors import UsageError
+from lbtf.runs import atomic_write_npz
+
+TIMIT_FEATURES = 360
+TIMIT_CLASSES = 1973
+TFDS_NAMES = ("mnist", "cifar10", "cifar100")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A classification dataset held in memory: float32 inputs, int32 labels in [0, num_classes)."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        return int(self.x_train.shape[0])
+
+    def subset(self, num_train: int, num_test: int) -> Dataset:
+        """The first examples of each split (the loaders already shuffle), for quick runs and tests."""
+        return dataclasses.replace(
+            self, x_train=self.x_train[:num_train], y_train=self.y_train[:num_train],
+            x_test=self.x_test[:num_test], y_test=self.y_test[:num_test])
+
+
+def _finish(name: str, x_tr, y_tr, x_te, y_te, num_classes: int) -> Dataset:
+    return Dataset(name, np.ascontiguousarray(x_tr, np.float32), np.asarray(y_tr, np.int32),
+                   np.ascontiguousarray(x_te, np.float32), np.asarray(y_te, np.int32), num_classes)
+
+
+def default_data_dir() -> Path:
+    """Where generated data is cached when --data_dir is not given."""
+    return Path(os.environ.get("LBTF_DATA_DIR", Path.home() / ".cache" / "lbtf"))
+
+
+def load_mnist1d(*, num_samples: int = 5000, seed: int = 42, data_dir: str | None = None) -> Dataset:
+    """MNIST-1D (Greydanus 2020), generated locally from its templates and cached as .npz.
+
+    The package's own 80/20 train/test split is kept; the features are used unscaled (they are
+    signals, not pixels).
+    """
+    cache = Path(data_dir) if data_dir else default_data_dir()
+    path = cache / f"mnist1d_n{num_samples}_seed{seed}.npz"
+    if not path.exists():
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples, args.seed = num_samples, seed
+        # make_dataset reseeds NumPy's and Python's global generators; keep the caller's state.
+        state = np.random.get_state()
+        try:
+            raw = make_dataset(args)
+        finally:
+            np.random.set_state(state)
+        try:
+            atomic_write_npz(path, x=raw["x"], y=raw["y"], x_test=raw["x_test"], y_test=raw["y_test"])
+        except OSError as e:
+            raise UsageError(f"cannot cache MNIST-1D in {cache}: {e.strerror}; "
+                             "pass a writable --data_dir") from None
+    with np.load(path) as z:
+        return _finish("mnist1d", z["x"], z["y"], z["x_test"], z["y_test"], 10)
+
+
+def load_digits(*, seed: int = 0) -> Dataset:
+    """scikit-learn's embedded 8x8 digits as 8x8x1 images in [0, 1]; seeded stratified 80/20 split."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    d = sk_digits()
+    x = (d.images / 16.0)[..., None]
+    x_tr, x_te, y_tr, y_te = train_test_split(x, d.target, test_size=0.2, random_state=seed,
+                                              stratify=d.target)
+    return _finish("digits", x_tr, y_tr, x_te, y_te, 10)
+
+
+def load_tfds(name: str, *, data_dir: str | None = None, download: bool = True) -> Dataset:
+    """MNIST / CIFAR-10 / CIFAR-100 from tensorflow-datasets, pixels scaled to [0, 1]."""
+    import tensorflow_datasets as tfds
+
+    try:
+        (x_tr, y_tr), (x_te, y_te) = tfds.as_numpy(tfds.load(
+            name, split=["train", "test"], data_dir=data_dir, download=download,
+            as_supervised=True, batch_size=-1))
+    except Exception as e:  # tfds raises many types: absent data, DNS failure, HTTP errors
+        where = data_dir or "~/tensorflow_datasets"
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UsageError(
+            f"{name} is not prepared under data_dir={where} and could not be fetched ({first}); "
+            f"on a machine with internet run `python -c \"import tensorflow_datasets as tfds; "
+            f"tfds.builder('{name}', data_dir='{where}').download_and_prepare()\"` and copy that "
+            "folder here, or pass --data_dir") from None
+    num_classes = 100 if name == "cifar100" else 10
+    return _finish(name, x_tr / 255.0, y_tr, x_te / 255.0, y_te, num_classes)
+
+
+def load_timit(path: str | None) -> Dataset:
+    """TIMIT frames from a user-provided .npz: x_train, y_train, x_test, y_test; 360 Kaldi features."""
+    hint = "provide --timit_path=FILE.npz with x_train [N,360], y_train [N], x_test [M,360], y_test [M]"
+    if not path or not Path(path).is_file():
+        raise UsageError(f"TIMIT file not found: {path!r}; {hint}")
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except KeyError as e:
+        raise UsageError(f"TIMIT file {path} lacks array {e}; {hint}") from None
+    except Exception as e:
+        raise UsageError(f"cannot read TIMIT file {path} ({type(e).__name__}); {hint}") from None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.ndim != 2 or x.shape[1] != TIMIT_FEATURES or y.shape != (x.shape[0],):
+            raise UsageError(f"TIMIT {split} arrays have shapes x{x.shape} y{y.shape}, expected "
+                             f"x[N,{TIMIT_FEATURES}] y[N]; {hint}")
+        if y.size and (y.min() < 0 or y.max() >= TIMIT_CLASSES):
+            raise UsageError(f"TIMIT {split} labels must lie in [0, {TIMIT_CLASSES}); {hint}")
+    return _finish("timit", arrays["x_train"], arrays["y_train"], arrays["x_test"],
+                   arrays["y_test"], TIMIT_CLASSES)
+
+
+def load_synthetic(*, shape: tuple[int, ...] = (784,), num_classes: int = 10,
+                   num_train: int = 60000, num_test: int = 10000, seed: int = 0) -> Dataset:
+    """Gaussian inputs labelled by a random linear teacher: learnable, any shape, for benchmarks."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((num_train + num_test, *shape), dtype=np.float32)
+    teacher = rng.standard_normal((int(np.prod(shape)), num_classes), dtype=np.float32)
+    y = np.argmax(x.reshape(len(x), -1) @ teacher, axis=1)
+    return _finish("synthetic", x[:num_train], y[:num_train], x[num_train:], y[num_train:],
+                   num_classes)
+
+
+LOADERS: dict[str, Callable[..., Dataset]] = {
+    "mnist1d": load_mnist1d, "digits": load_digits, "timit": load_timit,
+    "synthetic": load_synthetic, **{n: load_tfds for n in TFDS_NAMES},
+}
+
+
+def load_dataset(name: str, **kwargs) -> Dataset:
+    """Loads a registered dataset; kwargs go to its loader (see the load_* functions)."""
+    if name not in LOADERS:
+        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(LOADERS))}")
+    if name in TFDS_NAMES:
+        return load_tfds(name, **kwargs)
+    return LOADERS[name](**kwargs)

@@ -1,0 +1,80 @@
+"""Every command-line flag of lbtf, with its validators. Imported only by run_experiments.py and
+lbtf.experiments; library modules take plain arguments."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from lbtf.data import LOADERS
+from lbtf.distribute import STRATEGIES
+from lbtf.models import NETWORKS, VARIANTS
+from lbtf.train import parse_batch_size
+
+EXPERIMENTS = ("table2", "train", "info")
+
+# What to run.
+flags.DEFINE_enum("experiment", "table2", EXPERIMENTS,
+                  "table2: SB vs LB Adam over trials (Table 2); train: one batch size over "
+                  "trials; info: the six networks' sizes.")
+flags.DEFINE_enum("network", "F1", NETWORKS, "Network of Keskar et al., Appendix B.")
+flags.DEFINE_enum("arch_variant", "paper", VARIANTS,
+                  "paper: Appendix B as written; reference: the authors' released code.")
+# Data.
+flags.DEFINE_enum("dataset", "mnist1d", sorted(LOADERS), "Dataset (see README, Data).")
+flags.DEFINE_string("data_dir", None, "Data root: tfds data and the MNIST-1D cache "
+                    "(default: tfds' own and ~/.cache/lbtf).")
+flags.DEFINE_integer("mnist1d_samples", 5000, "MNIST-1D samples (80% train, 20% test).",
+                     lower_bound=100)
+flags.DEFINE_boolean("tfds_download", True, "Let tensorflow-datasets fetch missing data.")
+flags.DEFINE_string("timit_path", None, "TIMIT .npz (x_train, y_train, x_test, y_test).")
+flags.DEFINE_list("synthetic_shape", ["784"], "Synthetic input shape, e.g. 784 or 32,32,3.")
+flags.DEFINE_integer("synthetic_classes", 10, "Synthetic class count.", lower_bound=2)
+flags.DEFINE_integer("synthetic_train", 60000, "Synthetic training examples.", lower_bound=1)
+flags.DEFINE_integer("synthetic_test", 10000, "Synthetic test examples.", lower_bound=1)
+# Training.
+flags.DEFINE_string("batch_size", "256", "Batch for --experiment=train: an integer, or a "
+                    "fraction of the training set such as 0.1 or 10%.")
+flags.DEFINE_string("sb_batch_size", "256", "Small batch (integer or fraction).")
+flags.DEFINE_string("lb_batch_size", "0.1", "Large batch (integer or fraction); paper: 10%.")
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (Keras default).", lower_bound=0)
+flags.DEFINE_integer("trials", 5, "Trials from different seeded starting points.", lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Base seed; trial t uses seed + t for weights and shuffling.")
+flags.DEFINE_integer("max_epochs", 200, "Epoch budget per run.", lower_bound=1)
+flags.DEFINE_integer("patience", 10, "Stop after this many epochs without the training loss "
+                     "improving by min_delta.", lower_bound=1)
+flags.DEFINE_float("min_delta", 1e-4, "Improvement of the training loss that counts.",
+                   lower_bound=0)
+flags.DEFINE_enum("strategy", "auto", STRATEGIES,
+                  "auto: MirroredStrategy over several GPUs, else one device.")
+flags.DEFINE_integer("steps_per_loop", 0, "Steps per in-graph loop (0: a whole epoch).",
+                     lower_bound=0)
+flags.DEFINE_integer("eval_batch_size", 2048, "Batch for measuring loss and accuracy.",
+                     lower_bound=1)
+flags.DEFINE_boolean("jit_compile", True, "Compile the loop with XLA (single replica).")
+flags.DEFINE_integer("checkpoint_every", 1, "Keep the weights every N epochs (0: only the "
+                     "initial and final weights).", lower_bound=0)
+# Output.
+flags.DEFINE_string("output_dir", "outputs", "Root of the run folders.")
+
+
+def _valid_batch(text: str) -> bool:
+    try:
+        parse_batch_size(text)
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from None
+    return True
+
+
+for _name in ("batch_size", "sb_batch_size", "lb_batch_size"):
+    flags.register_validator(_name, _valid_batch)
+
+
+@flags.validator("synthetic_shape", message="--synthetic_shape takes positive integers, e.g. "
+                 "784 or 32,32,3")
+def _valid_shape(dims: list[str]) -> bool:
+    return bool(dims) and all(d.strip().isdigit() and int(d) > 0 for d in dims)
+
+
+def module_flags() -> list:
+    """This module's flags (not absl's own), for saving next to a run."""
+    return flags.FLAGS.get_flags_for_module(__name__)

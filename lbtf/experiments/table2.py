@@ -1,0 +1,42 @@
+"""Table 2 of Keskar et al.: SB (256) and LB (10% of the training set) Adam, over trials.
+
+Paper artifact -> flags/table2_<net>.flags -> this module -> lbtf.train.fit.
+"""
+
+from __future__ import annotations
+
+from lbtf import report
+from lbtf.experiments import common
+
+
+def run(flags, log=print):
+    data, strategy, batches = common.prepare(
+        flags, {"SB": flags.sb_batch_size, "LB": flags.lb_batch_size})
+    run_dir = common.start_run(flags, "table2")
+    log(f"table2: {flags.network} ({flags.arch_variant}) on {data.name}, "
+        f"{data.num_train} training examples, SB={batches['SB']} LB={batches['LB']}, "
+        f"{flags.trials} trials, {strategy.num_replicas_in_sync} replica(s); writing {run_dir}")
+    runs = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
+                                run_dir=run_dir, log=log)
+    summary = report.accuracy_summary(runs)
+    table = report.table2_markdown(summary, network=flags.network, dataset=data.name)
+    text = "\n\n".join([
+        f"# Table 2: SB vs LB Adam, {flags.network} on {data.name}",
+        f"Network {flags.network} ({flags.arch_variant} variant), {data.num_train} training and "
+        f"{len(data.y_test)} test examples; SB batch {batches['SB']}, LB batch {batches['LB']}; "
+        f"Adam lr {flags.learning_rate}; {flags.trials} trials; each run trained until the "
+        f"training loss stopped improving by {flags.min_delta} for {flags.patience} epochs "
+        f"(at most {flags.max_epochs}). Accuracy in percent, mean ± std over trials. The paper "
+        f"row is for {report.PAPER_DATASET_NOTE.get(flags.network, 'its own dataset')}.",
+        table, "## Runs", report.runs_markdown(runs),
+        "Per-epoch curves: `history.csv`; TensorBoard: `tensorboard --logdir "
+        f"{run_dir / 'tb'}`; weights of every epoch: `checkpoints/`."])
+    results = {"experiment": "table2", "network": flags.network, "variant": flags.arch_variant,
+               "dataset": data.name, "num_train": data.num_train, "batch_sizes": batches,
+               "environment": common.environment(strategy),
+               "summary": summary.to_dict(orient="records"),
+               "paper": report.PAPER_TABLE2.get(flags.network),
+               "runs": runs.to_dict(orient="records")}
+    common.write_results(run_dir, results, text + "\n")
+    log(f"\n{table}\n\nreport: {run_dir / 'report.md'}")
+    return run_dir

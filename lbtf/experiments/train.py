@@ -1,0 +1,29 @@
+"""One batch size (--batch_size) over --trials: the building block of every sweep."""
+
+from __future__ import annotations
+
+from lbtf import report
+from lbtf.experiments import common
+
+
+def run(flags, log=print):
+    data, strategy, batches = common.prepare(flags, {"B": flags.batch_size})
+    regime = f"B{batches['B']}"
+    batches = {regime: batches["B"]}
+    run_dir = common.start_run(flags, "train")
+    log(f"train: {flags.network} on {data.name}, batch {batches[regime]}, {flags.trials} "
+        f"trials; writing {run_dir}")
+    runs = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
+                                run_dir=run_dir, log=log)
+    summary = report.accuracy_summary(runs)
+    text = "\n\n".join([f"# {flags.network} on {data.name}, batch {batches[regime]}",
+                        summary.to_markdown(index=False, floatfmt=".2f"),
+                        "## Runs", report.runs_markdown(runs)])
+    results = {"experiment": "train", "network": flags.network, "variant": flags.arch_variant,
+               "dataset": data.name, "batch_size": batches[regime],
+               "environment": common.environment(strategy),
+               "summary": summary.to_dict(orient="records"),
+               "runs": runs.to_dict(orient="records")}
+    common.write_results(run_dir, results, text + "\n")
+    log(f"\n{text}\n\nreport: {run_dir / 'report.md'}")
+    return run_dir

@@ -1,0 +1,118 @@
+"""The six networks of Keskar et al. (2017), Appendix B, as Keras 3 builders.
+
+Two readings are offered (`variant`):
+- "paper": the text of Appendix B. C1/C3: 2 x [conv 64 5x5 stride 2 'same' -> BN -> ReLU ->
+  MaxPool(3) (stride 3, 'same')], dense 384 and 192 (BN, ReLU, Dropout 0.5), softmax output.
+  C2/C4: VGG stacks 2x64, 2x128, 3x256, 3x512, 3x512 of 3x3 convs (BN, ReLU), MaxPool(2) after each
+  stack, dense 512 (BN, ReLU, Dropout 0.5), softmax output.
+- "reference": the authors' released Keras code as described in shared/REFERENCE.md. C1/C3 use
+  stride-1 5x5 convolutions each followed by MaxPool(3x3, stride 2, 'same'); C2/C4 add Dropout 0.3
+  (first stack) / 0.4 (later stacks) after every convolution except the last of a stack, and
+  Dropout 0.5 before and after the dense 512 layer. Their Keras-1 BN (mode=2) used batch statistics
+  at test time; lbtf always uses moving statistics at inference, in both variants.
+F1 and F2 are the same in both variants. Pooling uses 'same' padding so that small images (8x8
+digits) pass through every network. Layer order is always conv/dense -> BN -> ReLU (-> Dropout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras import layers
+
+from lbtf.errors import UsageError
+
+NETWORKS = ("F1", "F2", "C1", "C2", "C3", "C4")
+VARIANTS = ("paper", "reference")
+# The dataset each network is trained on in the paper (Table 1).
+PAPER_DATASET = {"F1": "mnist", "F2": "timit", "C1": "cifar10", "C2": "cifar10",
+                 "C3": "cifar100", "C4": "cifar100"}
+VGG_STACKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+
+NormFactory = Callable[[], layers.Layer]
+
+
+def _bn_relu(x, norm: NormFactory):
+    return layers.ReLU()(norm()(x))
+
+
+def _dense_block(x, units: int, norm: NormFactory, dropout: float = 0.0):
+    x = _bn_relu(layers.Dense(units)(x), norm)
+    return layers.Dropout(dropout)(x) if dropout else x
+
+
+def _fully_connected(x, depth: int, norm: NormFactory):
+    """F1 (depth 5) and F2 (depth 7): batch-normalised ReLU layers of 512 units on flattened input."""
+    x = layers.Flatten()(x)
+    for _ in range(depth):
+        x = _dense_block(x, 512, norm)
+    return x
+
+
+def _shallow_conv(x, variant: str, norm: NormFactory):
+    """C1 / C3, the AlexNet-like network."""
+    for _ in range(2):
+        if variant == "paper":
+            x = _bn_relu(layers.Conv2D(64, 5, strides=2, padding="same")(x), norm)
+            x = layers.MaxPooling2D(3, padding="same")(x)
+        else:
+            x = _bn_relu(layers.Conv2D(64, 5, strides=1, padding="same")(x), norm)
+            x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    x = layers.Flatten()(x)
+    x = _dense_block(x, 384, norm, dropout=0.5)
+    return _dense_block(x, 192, norm, dropout=0.5)
+
+
+def _deep_conv(x, variant: str, norm: NormFactory):
+    """C2 / C4, the VGG-like network."""
+    for s, (n, filters) in enumerate(VGG_STACKS):
+        for i in range(n):
+            x = _bn_relu(layers.Conv2D(filters, 3, padding="same")(x), norm)
+            if variant == "reference" and i < n - 1:
+                x = layers.Dropout(0.3 if s == 0 else 0.4)(x)
+        x = layers.MaxPooling2D(2, padding="same")(x)
+    x = layers.Flatten()(x)
+    if variant == "reference":
+        x = layers.Dropout(0.5)(x)
+    return _dense_block(x, 512, norm, dropout=0.5)
+
+
+def check_compatible(name: str, input_shape: tuple[int, ...]) -> None:
+    """Raises a UsageError when `name` is unknown or cannot take inputs of `input_shape`."""
+    if name not in NETWORKS:
+        raise UsageError(f"unknown network {name!r}; choose one of {', '.join(NETWORKS)}")
+    if name.startswith("C") and len(input_shape) != 3:
+        raise UsageError(f"network {name} needs image inputs (height, width, channels) but the "
+                         f"dataset's inputs have shape {tuple(input_shape)}; use F1/F2 or an image "
+                         "dataset (digits, mnist, cifar10, cifar100)")
+
+
+def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
+                variant: str = "paper", norm: NormFactory | None = None) -> keras.Model:
+    """Builds network `name` (F1..C4) for the given input shape and class count.
+
+    `norm` makes the normalisation layer (default: Keras BatchNormalization); the output layer is a
+    dense softmax, never normalised. Weights are drawn from Keras' global seed
+    (`keras.utils.set_random_seed`).
+    """
+    check_compatible(name, input_shape)
+    if variant not in VARIANTS:
+        raise UsageError(f"unknown arch_variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    norm = norm or layers.BatchNormalization
+    inputs = keras.Input(shape=tuple(input_shape))
+    if name in ("F1", "F2"):
+        x = _fully_connected(inputs, 5 if name == "F1" else 7, norm)
+    elif name in ("C1", "C3"):
+        x = _shallow_conv(inputs, variant, norm)
+    else:
+        x = _deep_conv(inputs, variant, norm)
+    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name=f"{name}_{variant}")
+
+
+def parameter_counts(model: keras.Model) -> dict[str, int]:
+    """Trainable and total (trainable + BN moving statistics) parameter counts."""
+    trainable = sum(int(v.numpy().size) for v in model.trainable_variables)
+    total = sum(int(v.numpy().size) for v in model.weights)
+    return {"trainable": trainable, "total": total}

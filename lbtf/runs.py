@@ -1,0 +1,79 @@
+"""Run folders and atomic writes: a reader never sees a half-written result."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lbtf.errors import UsageError
+
+
+def _atomic(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes text to a temporary file beside `path`, then renames it into place."""
+    _atomic(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
+    _atomic(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def check_writable(directory: str | Path) -> Path:
+    """Creates `directory` if needed and proves it writable, or raises a UsageError saying so."""
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=d, prefix=".probe"):
+            pass
+    except OSError as e:
+        raise UsageError(f"output directory {d} is not writable ({e.strerror or e}); "
+                         "pass a writable --output_dir") from None
+    return d
+
+
+def new_run_dir(output_dir: str | Path, experiment: str) -> Path:
+    """outputs/<experiment>_<timestamp>/, unique even when two runs start in the same second."""
+    root = check_writable(output_dir)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        d = root / (f"{experiment}_{stamp}" + (f"_{i}" if i else ""))
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
+    raise UsageError(f"could not create a fresh run folder under {root}")

@@ -1,0 +1,34 @@
+"""lbtf command line: parses absl flags and dispatches to lbtf.experiments.<name>.run(FLAGS).
+
+    python run_experiments.py                       # the demo: Table 2 for F1 on MNIST-1D
+    python run_experiments.py --flagfile=flags/table2_F1.flags
+    python run_experiments.py --helpfull
+"""
+
+import importlib
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
+
+from absl import app, flags  # noqa: E402
+
+from lbtf.errors import UsageError  # noqa: E402
+from lbtf.experiments import flags as _lbtf_flags  # noqa: E402,F401  (defines every flag)
+
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
+    experiment = importlib.import_module(f"lbtf.experiments.{FLAGS.experiment}")
+    try:
+        experiment.run(FLAGS)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
