@@ -96,14 +96,23 @@ def load_digits(*, seed: int = 0) -> Dataset:
     return _finish("digits", x_tr, y_tr, x_te, y_te, 10)
 
 
+def _to_numpy(split) -> tuple[np.ndarray, np.ndarray]:
+    """All (image, label) pairs of a tf.data split as two arrays."""
+    xs, ys = [], []
+    for x, y in split.batch(4096).as_numpy_iterator():
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
 def load_tfds(name: str, *, data_dir: str | None = None, download: bool = True) -> Dataset:
     """MNIST / CIFAR-10 / CIFAR-100 from tensorflow-datasets, pixels scaled to [0, 1]."""
     import tensorflow_datasets as tfds
 
     try:
-        (x_tr, y_tr), (x_te, y_te) = tfds.as_numpy(tfds.load(
-            name, split=["train", "test"], data_dir=data_dir, download=download,
-            as_supervised=True, batch_size=-1))
+        splits = tfds.load(name, split=["train", "test"], data_dir=data_dir, download=download,
+                           as_supervised=True)
+        (x_tr, y_tr), (x_te, y_te) = (_to_numpy(s) for s in splits)
     except Exception as e:  # tfds raises many types: absent data, DNS failure, HTTP errors
         where = data_dir or "~/tensorflow_datasets"
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__

@@ -1,0 +1,101 @@
+"""Every dataset loader: shapes, dtypes, value ranges, caching, and its errors."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from lbtf import data
+from lbtf.errors import UsageError
+
+
+def check(ds, shape, classes, n_train=None):
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+    assert ds.input_shape == shape and ds.x_test.shape[1:] == shape
+    assert ds.num_classes == classes
+    assert len(ds.x_train) == len(ds.y_train) and len(ds.x_test) == len(ds.y_test)
+    assert ds.y_train.min() >= 0 and ds.y_train.max() < classes
+    if n_train is not None:
+        assert ds.num_train == n_train
+
+
+def test_mnist1d_generated_and_cached(data_dir):
+    ds = data.load_mnist1d(num_samples=500, data_dir=str(data_dir))
+    check(ds, (40,), 10, n_train=400)
+    assert len(ds.x_test) == 100
+    assert (data_dir / "mnist1d_n500_seed42.npz").is_file()
+    again = data.load_mnist1d(num_samples=500, data_dir=str(data_dir))
+    np.testing.assert_array_equal(ds.x_train, again.x_train)
+    assert len(set(ds.y_train.tolist())) == 10
+
+
+def test_mnist1d_generation_leaves_global_numpy_state(tmp_path):
+    np.random.seed(123)
+    expected = np.random.rand()
+    np.random.seed(123)
+    data.load_mnist1d(num_samples=100, data_dir=str(tmp_path))
+    assert np.random.rand() == expected
+
+
+def test_digits_are_images_in_unit_range():
+    ds = data.load_digits()
+    check(ds, (8, 8, 1), 10)
+    assert ds.num_train + len(ds.y_test) == 1797
+    assert ds.x_train.min() >= 0 and ds.x_train.max() <= 1 and ds.x_train.max() > 0.9
+
+
+@pytest.mark.parametrize("name,shape,classes", [("mnist", (28, 28, 1), 10),
+                                                ("cifar10", (32, 32, 3), 10),
+                                                ("cifar100", (32, 32, 3), 100)])
+def test_tfds_loaders_with_mock_data(name, shape, classes, tmp_path):
+    with tfds.testing.mock_data(num_examples=12):
+        ds = data.load_dataset(name, data_dir=str(tmp_path), download=False)
+    check(ds, shape, classes, n_train=12)
+    assert ds.x_train.min() >= 0 and ds.x_train.max() <= 1
+    assert ds.x_train.max() > 0.5  # scaled from uint8, not left at 0..255 nor squashed twice
+
+
+def test_tfds_missing_data_is_one_clear_line(tmp_path):
+    with pytest.raises(UsageError) as e:
+        data.load_dataset("mnist", data_dir=str(tmp_path), download=False)
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path) in msg and "download_and_prepare" in msg
+
+
+def write_timit(path, n=30, m=10, features=360, labels=None):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 1973, n) if labels is None else labels
+    np.savez(path, x_train=rng.standard_normal((n, features)), y_train=y,
+             x_test=rng.standard_normal((m, features)), y_test=rng.integers(0, 1973, m))
+    return str(path)
+
+
+def test_timit_fixture(tmp_path):
+    ds = data.load_dataset("timit", path=write_timit(tmp_path / "t.npz"))
+    check(ds, (360,), 1973, n_train=30)
+
+
+@pytest.mark.parametrize("kind,match", [("missing", "not found"), ("shape", "expected"),
+                                        ("labels", "labels"), ("keys", "lacks")])
+def test_timit_errors(tmp_path, kind, match):
+    path = tmp_path / "t.npz"
+    if kind == "shape":
+        write_timit(path, features=39)
+    elif kind == "labels":
+        write_timit(path, labels=np.full(30, 5000))
+    elif kind == "keys":
+        np.savez(path, x=np.zeros((3, 360)))
+    with pytest.raises(UsageError, match=match):
+        data.load_timit(str(path))
+
+
+def test_synthetic_any_shape_and_learnable_labels():
+    ds = data.load_synthetic(shape=(4, 4, 2), num_classes=3, num_train=200, num_test=50, seed=1)
+    check(ds, (4, 4, 2), 3, n_train=200)
+    assert len(set(ds.y_train.tolist())) == 3
+    again = data.load_synthetic(shape=(4, 4, 2), num_classes=3, num_train=200, num_test=50, seed=1)
+    np.testing.assert_array_equal(ds.x_train, again.x_train)
+
+
+def test_unknown_dataset():
+    with pytest.raises(UsageError, match="unknown dataset 'imagenet'"):
+        data.load_dataset("imagenet")

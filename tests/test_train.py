@@ -1,0 +1,174 @@
+"""The training engine: steps, stopping, checkpoints, seeds, evaluation, distribution."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lbtf.data import load_synthetic
+from lbtf.distribute import per_replica_batch
+from lbtf.errors import UsageError
+from lbtf.models import build_model
+from lbtf.train import (
+    EvalSet,
+    TrainConfig,
+    Trainer,
+    epoch_indices,
+    fit,
+    make_evaluator,
+    parse_batch_size,
+    resolve_batch_size,
+    restore_weights,
+    should_stop,
+)
+
+DATA = load_synthetic(shape=(12,), num_classes=3, num_train=256, num_test=64, seed=3)
+
+
+def mlp(seed=0, bn=False):
+    """A small network; without BN or dropout its result cannot depend on how a batch is split."""
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((12,)), keras.layers.Dense(16, activation="relu")]
+    if bn:
+        layers.append(keras.layers.BatchNormalization())
+    return keras.Sequential(layers + [keras.layers.Dense(3, activation="softmax")])
+
+
+def values(model):
+    return [v.numpy().copy() for v in model.trainable_variables]
+
+
+def test_parse_and_resolve_batch_size():
+    assert parse_batch_size("256") == 256 and parse_batch_size("0.1") == 0.1
+    assert parse_batch_size("10%") == pytest.approx(0.1)
+    assert resolve_batch_size("0.1", 4000) == 400 and resolve_batch_size(64, 100) == 64
+    assert resolve_batch_size("1.0", 50) == 50
+    for bad in ("0", "-3", "0.0", "1.5", "abc", "150%"):
+        with pytest.raises(ValueError):
+            parse_batch_size(bad)
+    with pytest.raises(UsageError, match="exceeds the 100 training examples"):
+        resolve_batch_size(101, 100)
+
+
+def test_should_stop():
+    assert not should_stop([3, 2, 1], patience=2, min_delta=0)
+    assert should_stop([3, 1, 1.5, 1.2], patience=2, min_delta=0)
+    assert not should_stop([3, 1, 1.5, 0.9], patience=2, min_delta=0)
+    # An improvement smaller than min_delta does not count.
+    assert should_stop([3, 1, 0.99, 0.995], patience=2, min_delta=0.05)
+    assert not should_stop([1.0] * 3, patience=3, min_delta=0)  # too few epochs to judge
+
+
+def test_epoch_indices_are_a_permutation_cut_into_batches():
+    idx = epoch_indices(np.random.default_rng(0), 10, 3)
+    assert idx.shape == (3, 3) and len(set(idx.ravel().tolist())) == 9
+    assert set(idx.ravel().tolist()) <= set(range(10))
+
+
+def test_evaluator_matches_numpy_with_padding():
+    model = mlp()
+    split = EvalSet(DATA.x_test, DATA.y_test, batch_size=24)  # 64 = 2 x 24 + 16: padded
+    loss, acc = make_evaluator(model, jit_compile=True)(split)
+    probs = model(DATA.x_test).numpy()
+    ref_loss = -np.mean(np.log(probs[np.arange(64), DATA.y_test]))
+    ref_acc = np.mean(probs.argmax(1) == DATA.y_test)
+    assert loss == pytest.approx(ref_loss, rel=1e-5) and acc == pytest.approx(ref_acc)
+
+
+def test_one_step_changes_weights_and_lowers_loss():
+    trainer = Trainer(mlp, DATA, TrainConfig(batch_size=256, learning_rate=0.05))
+    before = values(trainer.model)
+    loss0 = trainer.measure()["train_loss"]
+    _, steps = trainer.train_epoch(np.random.default_rng(0))
+    assert steps == 1
+    assert all(not np.allclose(a, b) for a, b in zip(before, values(trainer.model), strict=True))
+    assert trainer.measure()["train_loss"] < loss0
+
+
+def test_fit_checkpoints_every_epoch_and_the_last_is_final(tmp_path):
+    trainer = Trainer(mlp, DATA, TrainConfig(batch_size=32, max_epochs=3, patience=10))
+    start = values(trainer.model)
+    result = fit(trainer, checkpoint_dir=tmp_path, log=lambda s: None)
+    assert result.stop_reason == "max_epochs" and len(result.history) == 3
+    assert [h["steps"] for h in result.history] == [8, 8, 8]
+    ckpts = tf.train.get_checkpoint_state(str(tmp_path)).all_model_checkpoint_paths
+    assert [c.rsplit("-", 1)[1] for c in ckpts] == ["0", "1", "2", "3"]
+    model = mlp(seed=99)
+    restore_weights(model, ckpts[-1])
+    for a, b in zip(values(model), values(trainer.model), strict=True):
+        np.testing.assert_array_equal(a, b)
+    restore_weights(model, ckpts[0])
+    for a, b in zip(values(model), start, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_stops_when_the_loss_stops_improving():
+    trainer = Trainer(mlp, DATA, TrainConfig(batch_size=32, max_epochs=200, patience=2,
+                                             min_delta=10.0))  # nothing improves by 10
+    result = fit(trainer, log=lambda s: None)
+    assert result.stop_reason == "converged" and len(result.history) == 3
+
+
+def test_diverged_run_is_marked():
+    trainer = Trainer(mlp, DATA, TrainConfig(batch_size=32, max_epochs=5, learning_rate=1e30))
+    result = fit(trainer, log=lambda s: None)
+    assert result.stop_reason == "diverged" and len(result.history) < 5
+
+
+def train_weights(seed, build_seed=None, epochs=2, bn=True):
+    trainer = Trainer(lambda: mlp(seed if build_seed is None else build_seed, bn=bn), DATA,
+                      TrainConfig(batch_size=32, max_epochs=epochs, patience=10))
+    fit(trainer, seed=seed, log=lambda s: None)
+    return values(trainer.model)
+
+
+def test_seeds_differ_and_reproduce():
+    a, b, c = train_weights(0), train_weights(0), train_weights(1)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(a[0], c[0])
+    assert not np.allclose(mlp(0).get_weights()[0], mlp(1).get_weights()[0])
+
+
+def test_reset_reproduces_a_fresh_trainer():
+    """Reusing a compiled trainer across trials must give exactly what a new one gives."""
+    trainer = Trainer(lambda: mlp(5, bn=True), DATA, TrainConfig(batch_size=32, max_epochs=2))
+    fit(trainer, seed=1, log=lambda s: None)  # dirty weights and Adam state
+    trainer.reset([v.numpy() for v in mlp(0, bn=True).variables])
+    fit(trainer, seed=0, log=lambda s: None)
+    for x, y in zip(values(trainer.model), train_weights(0, build_seed=0), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def test_mirrored_two_replicas_equal_one_device():
+    """Same global batch on 1 and 2 replicas: gradients are summed over replicas and the loss is
+    divided by the global batch, so the weights must agree (a network without BN or dropout)."""
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    assert len(cpus) == 2
+    mirrored = tf.distribute.MirroredStrategy(cpus)
+    config = TrainConfig(batch_size=64, max_epochs=3, patience=10, jit_compile=False)
+    results = []
+    for strategy in (tf.distribute.get_strategy(), mirrored):
+        trainer = Trainer(lambda: mlp(7), DATA, config, strategy=strategy)
+        history = fit(trainer, seed=0, log=lambda s: None).history
+        results.append((values(trainer.model), history[-1]["train_loss"]))
+    (w1, l1), (w2, l2) = results
+    for a, b in zip(w1, w2, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert l1 == pytest.approx(l2, rel=1e-5)
+    assert not np.allclose(w1[0], mlp(7).get_weights()[0])  # it did train
+
+
+def test_batch_must_split_over_replicas():
+    mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    assert per_replica_batch(mirrored, 64) == 32
+    with pytest.raises(UsageError, match="multiple of 2"):
+        per_replica_batch(mirrored, 63)
+
+
+def test_paper_network_trains_on_a_tiny_set():
+    data = DATA.subset(128, 32)
+    trainer = Trainer(lambda: build_model("F1", input_shape=(12,), num_classes=3), data,
+                      TrainConfig(batch_size=32, learning_rate=1e-3, max_epochs=5, patience=10))
+    result = fit(trainer, log=lambda s: None)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
