@@ -1,0 +1,135 @@
+"""The training objective f(w) = mean loss over a dataset, as a function of the flat vector w of a
+model's trainable weights: value, gradient and Hessian-vector products in one pass over the data.
+
+Measurement code (sharpness, Hessian, landscape) builds on this and knows nothing of how the model
+was trained. The model runs in inference mode: BN uses (and never updates) its moving statistics,
+dropout is off. Calls leave the model's weights as they found them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def default_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Sparse categorical cross-entropy of softmax outputs (Keras uses the cached logits)."""
+    return keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+
+def flat_weights(model: keras.Model) -> np.ndarray:
+    """The trainable weights in `model.trainable_variables` order, flattened, float64."""
+    return np.concatenate([v.numpy().ravel() for v in model.trainable_variables]).astype(np.float64)
+
+
+def set_flat_weights(model: keras.Model, w: np.ndarray) -> None:
+    start = 0
+    for v in model.trainable_variables:
+        size = int(np.prod(v.shape))
+        v.assign(np.asarray(w[start:start + size], np.float32).reshape(v.shape))
+        start += size
+
+
+@contextlib.contextmanager
+def weights_restored(model: keras.Model):
+    """Puts every variable of `model` (weights and BN statistics) back as it was on exit."""
+    saved = [v.numpy() for v in model.variables]
+    try:
+        yield
+    finally:
+        for v, value in zip(model.variables, saved, strict=True):
+            v.assign(value)
+
+
+def subsample(x, y, num_examples: int | None, seed: int):
+    """A seeded random subset of `num_examples` examples, or everything when None."""
+    if num_examples is None or num_examples >= len(x):
+        return x, y
+    idx = np.sort(np.random.default_rng(seed).choice(len(x), num_examples, replace=False))
+    return x[idx], y[idx]
+
+
+class Objective:
+    """f(w), grad f(w) and H(w) v over (x, y), with w the flat trainable weights of `model`.
+
+    The data is cut into `batch_size` chunks (the last one smaller) and every chunk's mean loss is
+    weighted by its size, so any loss returning per-example or mean values gives the exact mean.
+    """
+
+    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, *,
+                 loss: LossFn | None = None, batch_size: int | None = None,
+                 jit_compile: bool = True):
+        self.model = model
+        self.n = len(x)
+        self.size = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        loss = loss or default_loss
+        self._loss = lambda yt, yp: tf.reduce_mean(loss(yt, yp))
+        b = min(batch_size or 4096, self.n)
+        nb = self.n // b
+        self._chunks = []
+        if nb:
+            self._chunks.append((tf.constant(x[:nb * b].reshape(nb, b, *x.shape[1:])),
+                                 tf.constant(y[:nb * b].reshape(nb, b, *y.shape[1:]))))
+        if self.n > nb * b:
+            self._chunks.append((tf.constant(x[nb * b:][None]), tf.constant(y[nb * b:][None])))
+        self._value_grad = tf.function(self._value_grad_sums, jit_compile=jit_compile)
+        self._hvp = tf.function(self._hvp_sums, jit_compile=jit_compile)
+
+    def _assign(self, w: tf.Tensor) -> None:
+        start = 0
+        for v in self.model.trainable_variables:
+            size = int(np.prod(v.shape))
+            v.assign(tf.reshape(w[start:start + size], v.shape))
+            start += size
+
+    def _flat(self, grads) -> tf.Tensor:
+        return tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
+
+    def _chunk_loss(self, xb, yb) -> tf.Tensor:
+        """Summed (not mean) loss of one chunk, so chunks of different sizes add up exactly."""
+        count = tf.cast(tf.shape(xb)[0], tf.float32)
+        return self._loss(yb, self.model(xb, training=False)) * count
+
+    def _value_grad_sums(self, w, xs, ys):
+        self._assign(w)
+        total, grad = tf.constant(0.0), tf.zeros([self.size])
+        for i in tf.range(tf.shape(xs)[0]):
+            with tf.GradientTape() as tape:
+                value = self._chunk_loss(xs[i], ys[i])
+            total += value
+            grad += self._flat(tape.gradient(value, self.model.trainable_variables))
+        return total, grad
+
+    def _hvp_sums(self, w, v, xs, ys):
+        self._assign(w)
+        hv = tf.zeros([self.size])
+        for i in tf.range(tf.shape(xs)[0]):
+            with tf.GradientTape() as outer:
+                with tf.GradientTape() as inner:
+                    value = self._chunk_loss(xs[i], ys[i])
+                g = self._flat(inner.gradient(value, self.model.trainable_variables))
+                gv = tf.reduce_sum(g * v)  # double backprop: d(g . v)/dw = H v
+            hv += self._flat(outer.gradient(gv, self.model.trainable_variables))
+        return hv
+
+    def value_and_gradient(self, w: np.ndarray) -> tuple[float, np.ndarray]:
+        """Mean loss and its gradient at flat weights w (float64 out)."""
+        wt = tf.constant(w, tf.float32)
+        with weights_restored(self.model):
+            parts = [self._value_grad(wt, xs, ys) for xs, ys in self._chunks]
+        total = sum(float(t) for t, _ in parts)
+        grad = sum(g.numpy().astype(np.float64) for _, g in parts)
+        return total / self.n, grad / self.n
+
+    def hessian_vector_product(self, w: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """H(w) v of the mean loss (float64 out)."""
+        wt, vt = tf.constant(w, tf.float32), tf.constant(v, tf.float32)
+        with weights_restored(self.model):
+            parts = [self._hvp(wt, vt, xs, ys) for xs, ys in self._chunks]
+        return sum(p.numpy().astype(np.float64) for p in parts) / self.n

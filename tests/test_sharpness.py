@@ -1,0 +1,160 @@
+"""Metric 2.1 against closed forms, finite differences and NumPy references."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lbtf.objective import Objective, flat_weights
+from lbtf.sharpness import Subspace, box_halfwidths, keskar_sharpness, sharpness_value
+
+N = 6
+
+
+def one_hot_linear(seed=0):
+    """f(w) = (1/N) sum_i (w_i - t_i)^2: a linear model without bias on one-hot inputs, MSE."""
+    rng = np.random.default_rng(seed)
+    x = np.eye(N, dtype=np.float32)
+    t = rng.normal(size=(N, 1)).astype(np.float32)
+    model = keras.Sequential([keras.Input((N,)), keras.layers.Dense(1, use_bias=False)])
+    w = rng.normal(size=(N, 1)).astype(np.float32)
+    model.set_weights([w])
+    return model, x, t, w[:, 0].astype(np.float64), t[:, 0].astype(np.float64)
+
+
+def small_net(seed=0, dropout=0.0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((5,)), keras.layers.Dense(8), keras.layers.BatchNormalization(),
+                             keras.layers.ReLU(), keras.layers.Dropout(dropout),
+                             keras.layers.Dense(3, activation="softmax")])
+
+
+def small_data(n=40, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 5)).astype(np.float32), rng.integers(0, 3, n).astype(np.int32)
+
+
+def test_formulas():
+    np.testing.assert_allclose(box_halfwidths(np.array([-2.0, 0.0, 3.0]), 0.1), [0.3, 0.1, 0.4])
+    assert sharpness_value(1.0, 1.5) == pytest.approx(25.0)
+
+
+def test_full_space_closed_form():
+    model, x, t, w, target = one_hot_linear()
+    eps = 0.05
+    r = eps * (np.abs(w) + 1)
+    expected_max = np.mean((np.abs(w - target) + r) ** 2)
+    f_x = np.mean((w - target) ** 2)
+    res = keskar_sharpness(model, x, t, epsilon=eps, loss=keras.losses.mean_squared_error)
+    assert res.f_x == pytest.approx(f_x, rel=1e-6)
+    assert res.f_max == pytest.approx(expected_max, rel=1e-5)
+    assert res.value == pytest.approx(sharpness_value(f_x, expected_max), rel=1e-4)
+    assert "ABNORMAL" not in res.message and res.nfev >= 2 and res.subspace_dim is None
+
+
+def test_caller_given_subspace_closed_form():
+    """A = c E_S (scaled coordinate columns): A+ w = w_S / c, so |y_i| <= eps(|w_i|/c + 1) and the
+    weight i in S moves by at most eps(|w_i| + c); the other weights stay."""
+    model, x, t, w, target = one_hot_linear(seed=3)
+    c, eps, chosen = 2.0, 0.05, [0, 2, 5]
+    a = np.zeros((N, len(chosen)))
+    a[chosen, range(len(chosen))] = c
+    gap = np.abs(w - target)
+    moved = gap.copy()
+    moved[chosen] += eps * (np.abs(w[chosen]) + c)
+    res = keskar_sharpness(model, x, t, epsilon=eps, subspace=a,
+                           loss=keras.losses.mean_squared_error)
+    assert res.f_max == pytest.approx(np.mean(moved**2), rel=1e-5)
+    assert res.subspace_dim == 3 and not res.streamed
+
+
+def test_objective_matches_finite_differences():
+    model = small_net()
+    x, y = small_data()
+    obj = Objective(model, x, y, batch_size=16)  # 40 = 2 x 16 + 8: chunks of unequal size
+    w = flat_weights(model)
+    f, g = obj.value_and_gradient(w)
+    probs = model(x, training=False).numpy()
+    assert f == pytest.approx(-np.mean(np.log(probs[np.arange(40), y])), rel=1e-5)
+    d = np.random.default_rng(0).normal(size=w.shape)
+    h = 1e-3
+    fd = (obj.value_and_gradient(w + h * d)[0] - obj.value_and_gradient(w - h * d)[0]) / (2 * h)
+    assert g @ d == pytest.approx(fd, rel=2e-2)
+
+
+def test_pseudo_inverse_and_streaming():
+    n, p = 53, 5
+    streamed = Subspace(n, p, seed=4, memory_budget_mb=0, block_rows=7)
+    held = Subspace(n, p, seed=4, memory_budget_mb=1, block_rows=7)
+    assert streamed.streamed and not held.streamed and streamed.num_blocks == 8
+    a = np.vstack([b.numpy() for b in held.blocks()]).astype(np.float64)
+    assert a.shape == (n, p)
+    np.testing.assert_array_equal(a, np.vstack([b.numpy() for b in streamed.blocks()]))
+    x = np.random.default_rng(0).normal(size=n)
+    np.testing.assert_allclose(streamed.pinv_apply(x), np.linalg.pinv(a) @ x, rtol=1e-8)
+    y, g = np.arange(p, dtype=float), x
+    for s in (streamed, held):
+        np.testing.assert_allclose(s.matvec(y), a @ y, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(s.rmatvec(g), a.T @ g, rtol=1e-5, atol=1e-5)
+
+
+def test_streamed_subspace_gives_the_materialised_value():
+    model = small_net()
+    x, y = small_data()
+    kw = {"epsilon": 1e-2, "subspace_dim": 4, "seed": 2}
+    held = keskar_sharpness(model, x, y, memory_budget_mb=1024, **kw)
+    streamed = keskar_sharpness(model, x, y, memory_budget_mb=0, **kw)
+    assert streamed.streamed and not held.streamed
+    assert streamed.value == pytest.approx(held.value, rel=1e-4)
+
+
+def test_inference_mode_and_weights_left_unchanged():
+    model = small_net(dropout=0.9)
+    x, y = small_data()
+    model(x, training=True)  # moving statistics away from their initial values
+    before = [v.numpy().copy() for v in model.variables]
+    res = keskar_sharpness(model, x, y, epsilon=1e-3)
+    probs = model(x, training=False).numpy()  # dropout off, moving statistics
+    assert res.f_x == pytest.approx(-np.mean(np.log(probs[np.arange(40), y])), rel=1e-5)
+    for a, b in zip(before, [v.numpy() for v in model.variables], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert res.value > 0 and "ABNORMAL" not in res.message
+
+
+def test_dataset_input_and_subset():
+    model = small_net()
+    x, y = small_data()
+    arrays = keskar_sharpness(model, x, y, epsilon=1e-3)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    assert keskar_sharpness(model, ds, None, epsilon=1e-3).value == pytest.approx(arrays.value)
+    sub = keskar_sharpness(model, x, y, epsilon=1e-3, num_examples=10, seed=1)
+    assert sub.num_examples == 10 and sub.f_x != pytest.approx(arrays.f_x)
+
+
+def exact_hessian(model, x, y):
+    """The Hessian of the mean inference-mode cross-entropy by nested tapes, as a NumPy matrix."""
+    variables = model.trainable_variables
+    with tf.GradientTape(persistent=True) as outer:
+        with tf.GradientTape() as inner:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                y, model(x, training=False)))
+        g = tf.concat([tf.reshape(t, [-1]) for t in inner.gradient(loss, variables)], 0)
+    rows = outer.jacobian(g, variables)
+    return np.concatenate([tf.reshape(r, [g.shape[0], -1]).numpy() for r in rows], 1)
+
+
+def test_hessian_vector_products_and_top_eigenvalues():
+    from lbtf.hessian import top_eigenvalues
+
+    model = small_net(seed=3)
+    x, y = small_data(n=30)
+    h = exact_hessian(model, x, y).astype(np.float64)
+    h = (h + h.T) / 2
+    w = flat_weights(model)
+    v = np.random.default_rng(0).normal(size=w.size)
+    hv = Objective(model, x, y, batch_size=8).hessian_vector_product(w, v)
+    np.testing.assert_allclose(hv, h @ v, rtol=1e-3, atol=1e-4 * np.abs(h @ v).max())
+    exact = np.sort(np.linalg.eigvalsh(h))[::-1][:3]
+    found = top_eigenvalues(model, x, y, k=3, tol=1e-6)
+    np.testing.assert_allclose(found.eigenvalues, exact, rtol=1e-3)
+    assert found.num_hvp > 0 and found.eigenvalues[0] > 0
