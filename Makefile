@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_sharpness.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -11,7 +11,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from lbtf.errors import UsageError  # noqa: E402
 from lbtf.experiments import flags as _lbtf_flags  # noqa: E402,F401  (defines every flag)
@@ -22,6 +22,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
+    logging.set_verbosity(logging.WARNING)  # no INFO line per checkpoint save
     experiment = importlib.import_module(f"lbtf.experiments.{FLAGS.experiment}")
     try:
         experiment.run(FLAGS)

@@ -30,7 +30,13 @@ def top_eigenvalues(model: keras.Model, x, y, *, k: int = 1, loss: LossFn | None
     weights, to relative accuracy `tol`. The model's weights are left as they were."""
     x, y = subsample(np.asarray(x), np.asarray(y), num_examples, seed)
     objective = Objective(model, x, y, loss=loss, batch_size=batch_size)
-    w = flat_weights(model)
+    return top_eigenvalues_at(objective, flat_weights(model), k=k, tol=tol, maxiter=maxiter,
+                              seed=seed)
+
+
+def top_eigenvalues_at(objective: Objective, w: np.ndarray, *, k: int = 1, tol: float = 1e-3,
+                       maxiter: int | None = None, seed: int = 0) -> EigenResult:
+    """The k largest Hessian eigenvalues of a prepared objective at flat weights w (Lanczos)."""
     count = [0]
 
     def matvec(v: np.ndarray) -> np.ndarray:
@@ -41,4 +47,4 @@ def top_eigenvalues(model: keras.Model, x, y, *, k: int = 1, loss: LossFn | None
     v0 = np.random.default_rng(seed).normal(size=w.size)
     values = scipy.sparse.linalg.eigsh(op, k=k, which="LA", tol=tol, maxiter=maxiter, v0=v0,
                                        return_eigenvectors=False)
-    return EigenResult(sorted(map(float, values), reverse=True), count[0], len(x))
+    return EigenResult(sorted(map(float, values), reverse=True), count[0], objective.n)

@@ -64,3 +64,64 @@ def runs_markdown(runs: pd.DataFrame) -> str:
 
 PAPER_DATASET_NOTE = {"F1": "MNIST", "F2": "TIMIT", "C1": "CIFAR-10", "C2": "CIFAR-10",
                       "C3": "CIFAR-100", "C4": "CIFAR-100"}
+
+
+def _paper_sharpness(rows: dict[str, list[tuple[float, float]]]) -> dict:
+    """{network: {(eps, regime): (mean, std)}} from per-column lists in F1..C4 order."""
+    nets = ("F1", "F2", "C1", "C2", "C3", "C4")
+    out: dict = {n: {} for n in nets}
+    for column, cells in rows.items():
+        eps, regime = column.split()
+        for net, cell in zip(nets, cells, strict=True):
+            out[net][(float(eps), regime)] = cell
+    return out
+
+
+# Keskar et al. (2017), Table 3 (full space) and Table 4 (random subspace, p = 100).
+PAPER_TABLE3 = _paper_sharpness({
+    "1e-3 SB": [(1.23, 0.83), (1.39, 0.02), (28.58, 3.13), (8.68, 1.32), (29.85, 5.98),
+                (12.83, 3.84)],
+    "1e-3 LB": [(205.14, 69.52), (310.64, 38.46), (707.23, 43.04), (925.32, 38.29),
+                (258.75, 8.96), (421.84, 36.97)],
+    "5e-4 SB": [(0.61, 0.27), (0.90, 0.05), (7.08, 0.88), (2.07, 0.86), (8.56, 0.99),
+                (4.07, 0.87)],
+    "5e-4 LB": [(42.90, 17.14), (93.15, 6.81), (227.31, 23.23), (175.31, 18.28),
+                (105.11, 13.22), (109.35, 16.57)]})
+PAPER_TABLE4 = _paper_sharpness({
+    "1e-3 SB": [(0.11, 0.00), (0.29, 0.02), (2.18, 0.23), (0.95, 0.34), (17.02, 2.20),
+                (6.05, 1.13)],
+    "1e-3 LB": [(9.22, 0.56), (23.63, 0.54), (137.25, 21.60), (25.09, 2.61), (236.03, 31.26),
+                (72.99, 10.96)],
+    "5e-4 SB": [(0.05, 0.00), (0.05, 0.00), (0.71, 0.15), (0.31, 0.08), (4.03, 1.45),
+                (1.89, 0.33)],
+    "5e-4 LB": [(9.17, 0.14), (6.28, 0.19), (29.50, 7.48), (5.82, 0.52), (86.96, 27.39),
+                (19.85, 4.12)]})
+
+
+def sharpness_markdown(table: pd.DataFrame, *, space: str, network: str, dataset: str) -> str:
+    """Table 3 (space='full') or Table 4 ('subspace') analogue: mean ± std over trials of the
+    sharpness of the SB and LB minimisers at each eps, beside the paper's row."""
+    rows = table[(table.measure == "sharpness") & (table.space == space)]
+    paper = (PAPER_TABLE3 if space == "full" else PAPER_TABLE4).get(network, {})
+    ours, theirs = {"": f"lbtf, {network} on {dataset}"}, {"": f"paper, {network}"}
+    for eps in sorted(rows.epsilon.unique(), reverse=True):
+        for regime in ("SB", "LB"):
+            col = f"ε = {eps:g} {regime}"
+            cell = rows[(rows.epsilon == eps) & (rows.regime == regime)].value
+            ours[col] = fmt(*mean_std(cell)) if len(cell) else "–"
+            theirs[col] = fmt(*paper[(eps, regime)]) if (eps, regime) in paper else "–"
+    return pd.DataFrame([ours, theirs] if paper else [ours]).to_markdown(index=False)
+
+
+def eigenvalue_markdown(table: pd.DataFrame) -> str:
+    """Largest Hessian eigenvalue per regime, mean ± std over trials."""
+    rows = table[table.measure == "hessian"]
+    cells = {r: fmt(*mean_std(g.value), digits=4) for r, g in rows.groupby("regime", sort=False)}
+    return pd.DataFrame([{"": "largest Hessian eigenvalue", **cells}]).to_markdown(index=False)
+
+
+def measurements_markdown(table: pd.DataFrame) -> str:
+    """Every measurement on one line, with the optimiser's status."""
+    cols = [c for c in ("trial", "regime", "measure", "space", "epsilon", "value", "f_x",
+                        "f_max", "nit", "nfev", "message") if c in table]
+    return table[cols].to_markdown(index=False, floatfmt=".4g")

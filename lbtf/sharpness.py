@@ -17,18 +17,21 @@ Conventions (what the paper leaves open):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Iterator
 
 import keras
 import numpy as np
 import scipy.linalg
-import scipy.optimize
 import tensorflow as tf
 
+from lbtf.lbfgsb import minimize_box
 from lbtf.objective import LossFn, Objective, flat_weights, subsample, weights_restored
 
-BLOCK_BYTES = 64 << 20  # a streamed subspace block: 64 MiB of float32
+# Rows of A drawn from one seed. Fixed, so that a streamed A (any budget) and a held A are the same
+# matrix; small, so that streaming stays far below any sensible memory budget (3 MB at p = 100).
+BLOCK_ROWS = 8192
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +70,8 @@ class Subspace:
     def __init__(self, n: int, p: int, *, seed: int = 0, matrix: np.ndarray | None = None,
                  memory_budget_mb: float = 1024, block_rows: int | None = None):
         self.n, self.p, self.seed = n, p, seed
-        self.block_rows = block_rows or max(1, min(n, BLOCK_BYTES // (4 * p)))
+        self.block_rows = block_rows or BLOCK_ROWS
+        self._r: tuple[np.ndarray, np.ndarray] | None = None
         if matrix is not None:
             if matrix.shape != (n, p):
                 raise ValueError(f"subspace has shape {matrix.shape}, expected ({n}, {p}) for a "
@@ -86,9 +90,14 @@ class Subspace:
     def num_blocks(self) -> int:
         return -(-self.n // self.block_rows)
 
+    def _full_block(self, j) -> tf.Tensor:
+        return tf.random.stateless_normal((self.block_rows, self.p), seed=tf.stack([self.seed, j]),
+                                          alg="philox")
+
     def _block(self, j: int) -> tf.Tensor:
+        """Rows [j*r, (j+1)*r) of A: the first rows of a full seeded block (the last is cut)."""
         rows = min(self.block_rows, self.n - j * self.block_rows)
-        return tf.random.stateless_normal((rows, self.p), seed=[self.seed, j])
+        return self._full_block(j)[:rows]
 
     def blocks(self) -> Iterator[tf.Tensor]:
         for j in range(self.num_blocks):
@@ -97,35 +106,79 @@ class Subspace:
             else:
                 yield self._a[j * self.block_rows:(j + 1) * self.block_rows]
 
+    @functools.cached_property
+    def _streamed_products(self):
+        """A y and A^T g generating each block in-graph, never holding A. Not XLA-compiled: XLA's
+        stateless generators draw other numbers than TensorFlow's kernels, and the streamed A must
+        be the held A."""
+        nb, r, n = self.num_blocks, self.block_rows, self.n
+
+        @tf.function
+        def matvec(y):
+            parts = tf.map_fn(lambda j: tf.linalg.matvec(self._full_block(j), y),
+                              tf.range(nb), fn_output_signature=tf.float32)
+            return tf.reshape(parts, [-1])[:n]
+
+        @tf.function
+        def rmatvec(g):
+            rows = tf.reshape(tf.pad(g, [[0, nb * r - n]]), [nb, r])  # zero rows past n
+            acc = tf.zeros([self.p])
+            for j in tf.range(nb):
+                acc += tf.linalg.matvec(self._full_block(j), rows[j], transpose_a=True)
+            return acc
+
+        return matvec, rmatvec
+
     def matvec(self, y: np.ndarray) -> np.ndarray:
         """A y."""
         yt = tf.constant(y, tf.float32)
-        if self._a is not None:
-            return tf.linalg.matvec(self._a, yt).numpy().astype(np.float64)
-        return np.concatenate([tf.linalg.matvec(b, yt).numpy() for b in self.blocks()]).astype(
-            np.float64)
+        out = (tf.linalg.matvec(self._a, yt) if self._a is not None
+               else self._streamed_products[0](yt))
+        return out.numpy().astype(np.float64)
 
     def rmatvec(self, g: np.ndarray) -> np.ndarray:
         """A^T g."""
         gt = tf.constant(g, tf.float32)
-        if self._a is not None:
-            return tf.linalg.matvec(self._a, gt, transpose_a=True).numpy().astype(np.float64)
-        out, start = np.zeros(self.p), 0
-        for b in self.blocks():
-            out += tf.linalg.matvec(b, gt[start:start + b.shape[0]], transpose_a=True).numpy()
-            start += b.shape[0]
-        return out
+        out = (tf.linalg.matvec(self._a, gt, transpose_a=True) if self._a is not None
+               else self._streamed_products[1](gt))
+        return out.numpy().astype(np.float64)
 
-    def pinv_apply(self, x: np.ndarray) -> np.ndarray:
-        """A+ x, the least-squares solution of A c = x, by a streaming QR (TSQR) over the row
-        blocks: never an n x n matrix, never all of A in float64, numerically stable."""
-        r, qtx, start = np.zeros((0, self.p)), np.zeros(0), 0
+    def _gram(self, right: np.ndarray | None = None, x: np.ndarray | None = None):
+        """Streams sum_b B_b^T B_b and sum_b B_b^T x_b with B_b = A_b R^-1 (R = I when None)."""
+        gram, atx, start = np.zeros((self.p, self.p)), np.zeros(self.p), 0
         for b in self.blocks():
             block = b.numpy().astype(np.float64)
-            q, r = np.linalg.qr(np.vstack([r, block]))
-            qtx = q.T @ np.concatenate([qtx, x[start:start + len(block)]])
+            if right is not None:
+                block = scipy.linalg.solve_triangular(right, block.T, trans="T").T
+            gram += block.T @ block
+            if x is not None:
+                atx += block.T @ x[start:start + len(block)]
             start += len(block)
-        return scipy.linalg.solve_triangular(r, qtx)
+        return gram, atx
+
+    def _factors(self) -> tuple[np.ndarray, np.ndarray]:
+        """R1 = chol(A^T A), R2 = chol(Q1^T Q1) with Q1 = A R1^-1: CholeskyQR2's factors of A."""
+        if self._r is None:
+            try:
+                r1 = np.linalg.cholesky(self._gram()[0]).T
+                r2 = np.linalg.cholesky(self._gram(right=r1)[0]).T
+            except np.linalg.LinAlgError:
+                raise ValueError("the subspace matrix is rank deficient; its columns must be "
+                                 "linearly independent") from None
+            self._r = (r1, r2)
+        return self._r
+
+    def pinv_apply(self, x: np.ndarray) -> np.ndarray:
+        """A+ x, the least-squares solution of A c = x, by streaming CholeskyQR2 over row blocks.
+
+        A = Q R with Q = A R1^-1 R2^-1 and R = R2 R1 (factors computed once per subspace), so
+        A+ x = R^-1 Q^T x, with Q1^T x = (A R1^-1)^T x streamed block by block. Never an n x n
+        matrix nor all of A in float64; as accurate as Householder QR for cond(A) < 1e8 (a
+        Gaussian n x p A with n >> p has cond(A) close to 1).
+        """
+        r1, r2 = self._factors()
+        qtx = scipy.linalg.solve_triangular(r2, self._gram(right=r1, x=x)[1], trans="T")
+        return scipy.linalg.solve_triangular(r2 @ r1, qtx)
 
 
 def maximize_in_box(objective: Objective, x0: np.ndarray, halfwidths: np.ndarray,
@@ -143,9 +196,7 @@ def maximize_in_box(objective: Objective, x0: np.ndarray, halfwidths: np.ndarray
         seen.append(f)
         return -f, -(g if subspace is None else subspace.rmatvec(g))
 
-    bounds = scipy.optimize.Bounds(-halfwidths, halfwidths)
-    res = scipy.optimize.minimize(negated, np.zeros_like(halfwidths), jac=True, method="L-BFGS-B",
-                                  bounds=bounds, options={"maxiter": maxiter})
+    res = minimize_box(negated, np.zeros_like(halfwidths), -halfwidths, halfwidths, maxiter=maxiter)
     return res, seen[0], max(seen)
 
 
@@ -173,11 +224,25 @@ def keskar_sharpness(model: keras.Model, x, y, *, epsilon: float, subspace_dim: 
         if subspace is not None or subspace_dim is not None:
             p = subspace.shape[1] if subspace is not None else subspace_dim
             a = Subspace(len(x0), p, seed=seed, matrix=subspace, memory_budget_mb=memory_budget_mb)
-        center = x0 if a is None else a.pinv_apply(x0)
-        res, f_x, f_max = maximize_in_box(objective, x0, box_halfwidths(center, epsilon), a,
-                                          maxiter)
+        result = sharpness_at(objective, x0, epsilon=epsilon, subspace=a, maxiter=maxiter)
+    return dataclasses.replace(result, seconds=time.perf_counter() - start)
+
+
+def sharpness_at(objective: Objective, x0: np.ndarray, *, epsilon: float,
+                 subspace: Subspace | None = None, center: np.ndarray | None = None,
+                 maxiter: int = 10) -> SharpnessResult:
+    """Metric 2.1 at flat weights x0 for a prepared objective and subspace (None: full space).
+
+    `center` may pass a precomputed A+ x0, to share it between several epsilons.
+    """
+    start = time.perf_counter()
+    if center is None:
+        center = x0 if subspace is None else subspace.pinv_apply(x0)
+    res, f_x, f_max = maximize_in_box(objective, x0, box_halfwidths(center, epsilon), subspace,
+                                      maxiter)
     return SharpnessResult(
         value=sharpness_value(f_x, f_max), f_x=f_x, f_max=f_max, epsilon=epsilon,
-        subspace_dim=None if a is None else a.p, nit=int(res.nit), nfev=int(res.nfev),
-        message=str(res.message), success=bool(res.success), num_examples=len(x),
-        streamed=bool(a is not None and a.streamed), seconds=time.perf_counter() - start)
+        subspace_dim=None if subspace is None else subspace.p, nit=int(res.nit),
+        nfev=int(res.nfev), message=str(res.message), success=bool(res.success),
+        num_examples=objective.n, streamed=bool(subspace is not None and subspace.streamed),
+        seconds=time.perf_counter() - start)

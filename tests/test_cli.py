@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-TINY = ["--mnist1d_samples=500", "--max_epochs=3", "--trials=2", "--patience=2"]
+TINY = ["--mnist1d_samples=500", "--max_epochs=3", "--trials=2", "--patience=2", "--nosharpness"]
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -75,3 +75,56 @@ def test_train_experiment_and_info(data_dir, tmp_path):
     proc = run_cli("--experiment=info", f"--data_dir={data_dir}", "--mnist1d_samples=500")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1462794" in proc.stdout and "14991946" in proc.stdout
+
+
+SHARP = ["--epsilons=1e-3", "--subspace_dim=3", "--sharpness_maxiter=2"]
+
+
+def test_table2_reports_sharpness_tables(data_dir, tmp_path):
+    proc = run_cli(f"--data_dir={data_dir}", f"--output_dir={tmp_path}", *TINY[:2], "--trials=1",
+                   *SHARP, "--hessian_k=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = tmp_path.iterdir()
+    results = json.loads((run / "results.json").read_text())
+    m = pd.DataFrame(results["measurements"])
+    sharp = m[m.measure == "sharpness"]
+    assert sorted(zip(sharp.regime, sharp.space, strict=True)) == [
+        ("LB", "full"), ("LB", "subspace"), ("SB", "full"), ("SB", "subspace")]
+    assert (sharp.value >= 0).all() and (sharp.nit <= 2).all()
+    assert not sharp.message.str.contains("ABNORMAL").any()
+    assert (m[m.measure == "hessian"].value > 0).sum() == 2
+    report = (run / "report.md").read_text()
+    assert "## Table 3" in report and "## Table 4" in report and "205.14 ± 69.52" in report
+    assert "largest Hessian eigenvalue" in report
+    # Measure a saved minimiser again, by folder (its latest checkpoint): the same number.
+    ckpt = run / "checkpoints" / "trial0_LB"
+    out = tmp_path / "again"
+    proc = run_cli("--experiment=sharpness", f"--checkpoint={ckpt}", f"--data_dir={data_dir}",
+                   f"--output_dir={out}", "--mnist1d_samples=500", *SHARP, "--subspace_dim=0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (again,) = out.iterdir()
+    value = json.loads((again / "results.json").read_text())["measurements"][0]["value"]
+    first = sharp[(sharp.regime == "LB") & (sharp.space == "full")].value.iloc[0]
+    assert value == pytest.approx(first, rel=1e-4)
+
+
+@pytest.mark.parametrize("checkpoint,expect", [
+    (None, "needs --checkpoint"), ("/nonexistent/weights-3", "not found"),
+    ("WRONG_NETWORK", "cannot load checkpoint")])
+def test_sharpness_bad_checkpoint(checkpoint, expect, data_dir, tmp_path):
+    args = ["--experiment=sharpness", f"--data_dir={data_dir}", "--mnist1d_samples=500",
+            f"--output_dir={tmp_path / 'runs'}"]
+    if checkpoint == "WRONG_NETWORK":  # a checkpoint of a small dense model, not F2
+        import keras
+        import tensorflow as tf
+
+        model = keras.Sequential([keras.Input((40,)), keras.layers.Dense(3)])
+        checkpoint = tf.train.Checkpoint(model=model).save(str(tmp_path / "other" / "weights"))
+        args.append("--network=F2")
+    if checkpoint:
+        args.append(f"--checkpoint={checkpoint}")
+    proc = run_cli(*args)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = error_lines(proc.stderr)
+    assert len(lines) == 1 and expect in lines[0], proc.stderr[-2000:]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -158,3 +158,22 @@ def test_hessian_vector_products_and_top_eigenvalues():
     found = top_eigenvalues(model, x, y, k=3, tol=1e-6)
     np.testing.assert_allclose(found.eigenvalues, exact, rtol=1e-3)
     assert found.num_hvp > 0 and found.eigenvalues[0] > 0
+
+
+def test_fast_lbfgsb_driver_equals_scipy_minimize():
+    from lbtf.lbfgsb import minimize_box
+
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(30, 30))
+    b = rng.normal(size=30)
+
+    def fun(x):  # a non-convex quartic with a box: the line search and bounds both matter
+        f = -(x @ q @ x) + np.sum(x**4) + b @ x
+        return f, -(q + q.T) @ x + 4 * x**3 + b
+
+    lo, hi = -np.full(30, 0.5), np.linspace(0.1, 1.0, 30)
+    fast = minimize_box(fun, np.zeros(30), lo, hi, maxiter=10)
+    slow = minimize_box(fun, np.zeros(30), lo, hi, maxiter=10, fast=False)
+    np.testing.assert_array_equal(fast.x, slow.x)
+    assert (fast.nit, fast.nfev, fast.message) == (slow.nit, slow.nfev, slow.message)
+    assert fast.fun == slow.fun and fast.nit == 10

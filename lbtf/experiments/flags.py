@@ -10,12 +10,13 @@ from lbtf.distribute import STRATEGIES
 from lbtf.models import NETWORKS, VARIANTS
 from lbtf.train import parse_batch_size
 
-EXPERIMENTS = ("table2", "train", "info")
+EXPERIMENTS = ("table2", "train", "sharpness", "info")
 
 # What to run.
 flags.DEFINE_enum("experiment", "table2", EXPERIMENTS,
-                  "table2: SB vs LB Adam over trials (Table 2); train: one batch size over "
-                  "trials; info: the six networks' sizes.")
+                  "table2: SB vs LB Adam over trials, with the sharpness of every minimiser "
+                  "(Tables 2-4); train: one batch size over trials; sharpness: measure "
+                  "--checkpoint; info: the six networks' sizes.")
 flags.DEFINE_enum("network", "F1", NETWORKS, "Network of Keskar et al., Appendix B.")
 flags.DEFINE_enum("arch_variant", "paper", VARIANTS,
                   "paper: Appendix B as written; reference: the authors' released code.")
@@ -37,7 +38,9 @@ flags.DEFINE_string("batch_size", "256", "Batch for --experiment=train: an integ
 flags.DEFINE_string("sb_batch_size", "256", "Small batch (integer or fraction).")
 flags.DEFINE_string("lb_batch_size", "0.1", "Large batch (integer or fraction); paper: 10%.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (Keras default).", lower_bound=0)
-flags.DEFINE_integer("trials", 5, "Trials from different seeded starting points.", lower_bound=1)
+flags.DEFINE_integer("trials", 3, "Trials from different seeded starting points (paper: 5, set "
+                     "in flags/table2_*.flags; 3 keeps the no-flag demo within 5 minutes).",
+                     lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Base seed; trial t uses seed + t for weights and shuffling.")
 flags.DEFINE_integer("max_epochs", 200, "Epoch budget per run.", lower_bound=1)
 flags.DEFINE_integer("patience", 10, "Stop after this many epochs without the training loss "
@@ -53,6 +56,21 @@ flags.DEFINE_integer("eval_batch_size", 2048, "Batch for measuring loss and accu
 flags.DEFINE_boolean("jit_compile", True, "Compile the loop with XLA (single replica).")
 flags.DEFINE_integer("checkpoint_every", 1, "Keep the weights every N epochs (0: only the "
                      "initial and final weights).", lower_bound=0)
+# Sharpness (Metric 2.1) and curvature.
+flags.DEFINE_boolean("sharpness", True, "Measure every minimiser's sharpness after training.")
+flags.DEFINE_list("epsilons", ["1e-3", "5e-4"], "Box sizes eps of Metric 2.1 (paper: 1e-3, 5e-4).")
+flags.DEFINE_integer("subspace_dim", 100, "Random subspace dimension p (0: full space only).",
+                     lower_bound=0)
+flags.DEFINE_integer("sharpness_maxiter", 10, "L-BFGS-B iterations (paper: 10).", lower_bound=1)
+flags.DEFINE_integer("sharpness_examples", 0, "Evaluate f on a seeded random subset of this many "
+                     "training examples (0: the whole training set, as in the paper).",
+                     lower_bound=0)
+flags.DEFINE_float("subspace_memory_mb", 1024, "Above this size the random subspace matrix is "
+                   "generated block by block for every product instead of held.", lower_bound=0)
+flags.DEFINE_integer("hessian_k", 0, "Largest Hessian eigenvalues per minimiser, by Lanczos "
+                     "(0: skip; 1 costs ~20 Hessian-vector products per minimiser).", lower_bound=0)
+flags.DEFINE_string("checkpoint", None, "For --experiment=sharpness: a weights checkpoint "
+                    "written by lbtf (prefix such as .../weights-40, or its folder for the last).")
 # Output.
 flags.DEFINE_string("output_dir", "outputs", "Root of the run folders.")
 
@@ -67,6 +85,14 @@ def _valid_batch(text: str) -> bool:
 
 for _name in ("batch_size", "sb_batch_size", "lb_batch_size"):
     flags.register_validator(_name, _valid_batch)
+
+
+@flags.validator("epsilons", message="--epsilons takes positive numbers, e.g. 1e-3,5e-4")
+def _valid_epsilons(values: list[str]) -> bool:
+    try:
+        return bool(values) and all(float(v) > 0 for v in values)
+    except ValueError:
+        return False
 
 
 @flags.validator("synthetic_shape", message="--synthetic_shape takes positive integers, e.g. "

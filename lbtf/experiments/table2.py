@@ -5,8 +5,10 @@ Paper artifact -> flags/table2_<net>.flags -> this module -> lbtf.train.fit.
 
 from __future__ import annotations
 
+import tensorflow as tf
+
 from lbtf import report
-from lbtf.experiments import common
+from lbtf.experiments import common, sharpness
 
 
 def run(flags, log=print):
@@ -20,6 +22,15 @@ def run(flags, log=print):
                                 run_dir=run_dir, log=log)
     summary = report.accuracy_summary(runs)
     table = report.table2_markdown(summary, network=flags.network, dataset=data.name)
+    sections, measurements = [], []
+    if flags.sharpness:
+        log("measuring the sharpness of every minimiser (Tables 3 and 4)")
+        minimizers = [{"trial": r.trial, "regime": r.regime,
+                       "checkpoint": tf.train.latest_checkpoint(r.checkpoint_dir)}
+                      for r in runs.itertuples()]
+        found = sharpness.measure_minimizers(flags, data, minimizers, log=log)
+        measurements = found.to_dict(orient="records")
+        sections = sharpness_sections(found, flags, data.name)
     text = "\n\n".join([
         f"# Table 2: SB vs LB Adam, {flags.network} on {data.name}",
         f"Network {flags.network} ({flags.arch_variant} variant), {data.num_train} training and "
@@ -28,7 +39,7 @@ def run(flags, log=print):
         f"training loss stopped improving by {flags.min_delta} for {flags.patience} epochs "
         f"(at most {flags.max_epochs}). Accuracy in percent, mean ± std over trials. The paper "
         f"row is for {report.PAPER_DATASET_NOTE.get(flags.network, 'its own dataset')}.",
-        table, "## Runs", report.runs_markdown(runs),
+        table, *sections, "## Runs", report.runs_markdown(runs),
         "Per-epoch curves: `history.csv`; TensorBoard: `tensorboard --logdir "
         f"{run_dir / 'tb'}`; weights of every epoch: `checkpoints/`."])
     results = {"experiment": "table2", "network": flags.network, "variant": flags.arch_variant,
@@ -36,7 +47,25 @@ def run(flags, log=print):
                "environment": common.environment(strategy),
                "summary": summary.to_dict(orient="records"),
                "paper": report.PAPER_TABLE2.get(flags.network),
-               "runs": runs.to_dict(orient="records")}
+               "runs": runs.to_dict(orient="records"), "measurements": measurements}
     common.write_results(run_dir, results, text + "\n")
-    log(f"\n{table}\n\nreport: {run_dir / 'report.md'}")
+    tables = [t for t in sections[:-2] if t.startswith("|") or t.startswith("## Table")]
+    log("\n" + "\n\n".join([table, *tables]) + f"\n\nreport: {run_dir / 'report.md'}")
     return run_dir
+
+
+def sharpness_sections(found, flags, dataset: str) -> list[str]:
+    """Report sections for Tables 3 and 4 and the Hessian cross-check."""
+    how = (f"Metric 2.1 of the final weights, {flags.sharpness_maxiter} L-BFGS-B iterations, f the "
+           f"mean training loss over {found.num_examples.iloc[0]} training examples in inference "
+           "mode; mean ± std over trials. Every measurement with its optimiser status is in "
+           "results.json and below.")
+    out = ["## Table 3: sharpness in full space", how,
+           report.sharpness_markdown(found, space="full", network=flags.network, dataset=dataset)]
+    if flags.subspace_dim:
+        out += [f"## Table 4: sharpness in random subspaces of dimension {flags.subspace_dim}",
+                report.sharpness_markdown(found, space="subspace", network=flags.network,
+                                          dataset=dataset)]
+    if flags.hessian_k:
+        out += ["## Curvature cross-check", report.eigenvalue_markdown(found)]
+    return out + ["## Measurements", report.measurements_markdown(found)]

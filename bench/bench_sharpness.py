@@ -1,0 +1,136 @@
+"""Sharpness (Metric 2.1) cost, on F1 with MNIST-sized synthetic data, in one run:
+
+(a) full-space sharpness wall time against nfev x one full-data loss+gradient pass (target: at most
+    10% overhead); (b) that pass's FLOP/s against a chained matrix product; (c) random subspace
+    p = 100, time per evaluation and peak memory against full space, with A held (target <= 1.1x)
+    and streamed block by block under a small budget (target <= 1.5x, peak within budget + model);
+(d) a naive implementation (value from model.evaluate, gradient from a separate pass, public
+    scipy L-BFGS-B) on the same problem (target: lbtf at least 2x faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import scipy.optimize  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from bench_train import dense_train_flops, matmul_flops_per_s  # noqa: E402
+
+from lbtf.data import load_synthetic  # noqa: E402
+from lbtf.models import build_model  # noqa: E402
+from lbtf.objective import Objective, flat_weights, set_flat_weights  # noqa: E402
+from lbtf.sharpness import Subspace, box_halfwidths, sharpness_at  # noqa: E402
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every 5 ms from /proc."""
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _watch(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def naive_sharpness(model, x, y, epsilon: float, maxiter: int) -> tuple[float, int]:
+    """What public scripts do: f from model.evaluate, the gradient from a second pass."""
+    model.compile(loss="sparse_categorical_crossentropy")
+    w0 = flat_weights(model)
+    h = box_halfwidths(w0, epsilon)
+
+    def f_and_g(d):
+        set_flat_weights(model, w0 + d)
+        f = model.evaluate(x, y, batch_size=4096, verbose=0)
+        with tf.GradientTape() as tape:
+            loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=False))
+            loss = tf.reduce_mean(loss)
+        g = np.concatenate([t.numpy().ravel() for t in tape.gradient(loss, model.trainable_variables)])
+        return -f, -g.astype(np.float64)
+
+    res = scipy.optimize.minimize(f_and_g, np.zeros_like(w0), jac=True, method="L-BFGS-B",
+                                  bounds=scipy.optimize.Bounds(-h, h), options={"maxiter": maxiter})
+    set_flat_weights(model, w0)
+    return -res.fun, int(res.nfev)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--examples", type=int, default=60000)
+    p.add_argument("--maxiter", type=int, default=10)
+    p.add_argument("--budget_mb", type=float, default=64, help="budget for the streamed subspace")
+    args = p.parse_args()
+    data = load_synthetic(shape=(784,), num_classes=10, num_train=args.examples, num_test=10)
+    keras.utils.set_random_seed(0)
+    model = build_model("F1", input_shape=(784,), num_classes=10)
+    x, y = data.x_train, data.y_train
+    peak = matmul_flops_per_s()
+    obj = Objective(model, x, y)
+    w0 = flat_weights(model)
+    obj.value_and_gradient(w0)  # compile
+    t_pass = statistics.median(_timed(lambda: obj.value_and_gradient(w0)) for _ in range(3))
+    flops = len(x) * dense_train_flops(model) / t_pass
+    print(f"F1, {len(x)} examples, n = {w0.size} weights; matrix product {peak / 1e9:.0f} GFLOP/s")
+    print(f"(b) one loss+gradient pass: {t_pass:.2f}s, {flops / 1e9:.0f} GFLOP/s = "
+          f"{flops / peak:.0%} of the matrix product")
+    with PeakRSS() as mem_full:
+        full = sharpness_at(obj, w0, epsilon=1e-3, maxiter=args.maxiter)
+    per_eval = full.seconds / full.nfev
+    print(f"(a) full space: {full.seconds:.1f}s for {full.nfev} evaluations = "
+          f"{full.seconds / (full.nfev * t_pass) - 1:+.1%} over nfev passes (target <= +10%); "
+          f"phi = {full.value:.2f}")
+    for label, budget, target in (("held", 4096, 1.1), ("streamed", args.budget_mb, 1.5)):
+        with PeakRSS() as mem:
+            sub = Subspace(w0.size, 100, seed=0, memory_budget_mb=budget)
+            center = sub.pinv_apply(w0)
+            t0 = time.perf_counter()
+            r = sharpness_at(obj, w0, epsilon=1e-3, subspace=sub, center=center,
+                             maxiter=args.maxiter)
+            t_sub = time.perf_counter() - t0
+        ratio = (t_sub / r.nfev) / per_eval
+        print(f"(c) subspace p=100, A {label} (budget {budget:g} MB): {t_sub / r.nfev:.2f}s per "
+              f"evaluation = {ratio:.2f}x full space (target <= {target}x); peak memory "
+              f"+{mem.mb:.0f} MB (full space +{mem_full.mb:.0f} MB); {r.nfev} evaluations")
+        del sub
+    t0 = time.perf_counter()
+    f_naive, nfev_naive = naive_sharpness(model, x, y, 1e-3, args.maxiter)
+    t_naive = time.perf_counter() - t0
+    print(f"(d) naive (model.evaluate + separate gradient pass, public L-BFGS-B): {t_naive:.1f}s "
+          f"for {nfev_naive} evaluations vs lbtf {full.seconds:.1f}s for {full.nfev}: "
+          f"{t_naive / full.seconds:.2f}x slower (target >= 2x); f_max {f_naive:.4g} vs "
+          f"{full.f_max:.4g}")
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+if __name__ == "__main__":
+    main()

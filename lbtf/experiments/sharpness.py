@@ -1,0 +1,105 @@
+"""Sharpness of saved minimisers (Tables 3 and 4 of Keskar et al.) and their top Hessian
+eigenvalues. `run` measures one --checkpoint; `measure_minimizers` serves table2.
+
+Paper artifact -> flags/table2_<net>.flags (or --experiment=sharpness) -> this module ->
+lbtf.sharpness.sharpness_at, lbtf.hessian.top_eigenvalues_at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import tensorflow as tf
+
+from lbtf import report
+from lbtf.errors import UsageError
+from lbtf.experiments import common
+from lbtf.hessian import top_eigenvalues_at
+from lbtf.models import build_model
+from lbtf.objective import Objective, flat_weights, subsample
+from lbtf.sharpness import Subspace, sharpness_at
+from lbtf.train import restore_weights
+
+
+def _restore(model, checkpoint: str, network: str) -> None:
+    try:
+        restore_weights(model, checkpoint)
+    except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError, AssertionError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise UsageError(f"cannot load checkpoint {checkpoint} into network {network} ({first}); "
+                         "pass a weights checkpoint written by lbtf for the same --network, "
+                         "--arch_variant and --dataset") from None
+
+
+def resolve_checkpoint(path: str | None) -> str:
+    """A checkpoint prefix from a prefix or a folder (its latest checkpoint)."""
+    if not path:
+        raise UsageError("--experiment=sharpness needs --checkpoint=PATH (a weights checkpoint "
+                         "prefix such as outputs/<run>/checkpoints/trial0_LB/weights-40, or a folder)")
+    if Path(path).is_dir():
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise UsageError(f"no checkpoint in folder {path}; pass a folder written by lbtf")
+        return latest
+    if not Path(path + ".index").is_file():
+        raise UsageError(f"checkpoint {path} not found (no {path}.index); pass an existing "
+                         "weights checkpoint prefix or its folder")
+    return path
+
+
+def measure_minimizers(flags, data, minimizers: list[dict], log=print) -> pd.DataFrame:
+    """Full-space and subspace sharpness at every eps, and the top Hessian eigenvalues, of every
+    minimiser (dicts with a 'checkpoint' and label fields). One row per measurement.
+
+    One network, objective (compiled once) and random subspace A serve every minimiser, so their
+    values are comparable and the cost is that of the measurements alone.
+    """
+    model = build_model(flags.network, input_shape=data.input_shape,
+                        num_classes=data.num_classes, variant=flags.arch_variant)
+    x, y = subsample(data.x_train, data.y_train, flags.sharpness_examples or None, flags.seed)
+    objective = Objective(model, x, y, batch_size=flags.eval_batch_size,
+                          jit_compile=flags.jit_compile)
+    subspace = (Subspace(objective.size, flags.subspace_dim, seed=flags.seed,
+                         memory_budget_mb=flags.subspace_memory_mb) if flags.subspace_dim else None)
+    rows = []
+    for m in minimizers:
+        labels = {k: v for k, v in m.items() if k != "checkpoint"}
+        _restore(model, m["checkpoint"], flags.network)
+        x0 = flat_weights(model)
+        spaces = [("full", None, None)]
+        if subspace is not None:
+            spaces.append(("subspace", subspace, subspace.pinv_apply(x0)))
+        for eps in (float(e) for e in flags.epsilons):
+            for space, sub, center in spaces:
+                r = sharpness_at(objective, x0, epsilon=eps, subspace=sub, center=center,
+                                 maxiter=flags.sharpness_maxiter)
+                rows.append({**labels, "measure": "sharpness", "space": space,
+                             **dataclasses.asdict(r)})
+                log(f"  sharpness {labels} {space:8s} eps={eps:g}: {r.value:10.4f}  "
+                    f"(f {r.f_x:.3g} -> {r.f_max:.3g}, {r.nit} it, {r.nfev} evals, "
+                    f"{r.seconds:.1f}s; {r.message})")
+        if flags.hessian_k:
+            e = top_eigenvalues_at(objective, x0, k=flags.hessian_k, seed=flags.seed)
+            rows.append({**labels, "measure": "hessian", "space": "full",
+                         "value": e.eigenvalues[0], "eigenvalues": e.eigenvalues,
+                         "nfev": e.num_hvp, "num_examples": e.num_examples})
+            log(f"  hessian   {labels} top eigenvalues {[round(v, 4) for v in e.eigenvalues]}")
+    return pd.DataFrame(rows)
+
+
+def run(flags, log=print):
+    checkpoint = resolve_checkpoint(flags.checkpoint)
+    data, strategy, _ = common.prepare(flags, {})
+    table = measure_minimizers(flags, data, [{"checkpoint": checkpoint}], log=log)
+    run_dir = common.start_run(flags, "sharpness")
+    text = "\n\n".join([f"# Sharpness of {checkpoint}",
+                        f"{flags.network} ({flags.arch_variant}) on {data.name}, "
+                        f"{len(table)} measurements.", report.measurements_markdown(table)])
+    results = {"experiment": "sharpness", "checkpoint": checkpoint, "network": flags.network,
+               "dataset": data.name, "environment": common.environment(strategy),
+               "measurements": table.to_dict(orient="records")}
+    common.write_results(run_dir, results, text + "\n")
+    log(f"\n{report.measurements_markdown(table)}\n\nreport: {run_dir / 'report.md'}")
+    return run_dir
