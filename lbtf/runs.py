@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -35,21 +36,27 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON: NumPy values become plain ones, NaN and infinities become null."""
+    atomic_write_text(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
 def atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
     _atomic(path, lambda f: np.savez_compressed(f, **arrays))
 
 
-def _json_default(o: Any) -> Any:
+def jsonable(o: Any) -> Any:
+    """`o` with NumPy scalars and arrays, tuples and paths made plain, and non-finite floats None."""
+    if isinstance(o, dict):
+        return {str(k): jsonable(v) for k, v in o.items()}
+    if isinstance(o, list | tuple | np.ndarray):
+        return [jsonable(v) for v in o]
     if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
+        o = o.item()
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
     if isinstance(o, Path):
         return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    return o
 
 
 def check_writable(directory: str | Path) -> Path:

@@ -21,6 +21,7 @@ import tensorflow as tf
 from lbtf.data import Dataset
 from lbtf.distribute import split_columns
 from lbtf.errors import UsageError
+from lbtf.objective import default_loss as per_example_loss
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -89,11 +90,6 @@ def epoch_indices(rng: np.random.Generator, n: int, batch_size: int) -> np.ndarr
     """A fresh permutation cut into [n // batch_size, batch_size]; the remainder is dropped."""
     steps = n // batch_size
     return rng.permutation(n)[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
-
-
-def per_example_loss(y_true: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
-    """Cross-entropy of softmax outputs (Keras uses the cached logits, so it is numerically stable)."""
-    return keras.losses.sparse_categorical_crossentropy(y_true, probs)
 
 
 class EvalSet:

@@ -172,3 +172,15 @@ def test_paper_network_trains_on_a_tiny_set():
                       TrainConfig(batch_size=32, learning_rate=1e-3, max_epochs=5, patience=10))
     result = fit(trainer, log=lambda s: None)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_results_json_is_strict(tmp_path):
+    import json
+
+    from lbtf.runs import atomic_write_json
+
+    atomic_write_json(tmp_path / "r.json", {"loss": np.float32(np.nan), "acc": np.float64(0.5),
+                                            "w": np.arange(2), "pair": (1, float("inf"))})
+    text = (tmp_path / "r.json").read_text()
+    assert json.loads(text) == {"loss": None, "acc": 0.5, "w": [0, 1], "pair": [1, None]}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import platform
 from pathlib import Path
 
@@ -118,4 +117,4 @@ def train_regimes(flags, *, data, strategy, batches: dict[str, int], run_dir: Pa
 def write_results(run_dir: Path, results: dict, report: str) -> None:
     """results.json last: its presence marks a finished run."""
     runs.atomic_write_text(run_dir / "report.md", report)
-    runs.atomic_write_json(run_dir / "results.json", json.loads(json.dumps(results, default=str)))
+    runs.atomic_write_json(run_dir / "results.json", results)
