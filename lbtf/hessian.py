@@ -12,6 +12,7 @@ import dataclasses
 import keras
 import numpy as np
 import scipy.sparse.linalg
+import tensorflow as tf
 
 from lbtf.objective import LossFn, Objective, flat_weights, subsample
 
@@ -25,11 +26,12 @@ class EigenResult:
 
 def top_eigenvalues(model: keras.Model, x, y, *, k: int = 1, loss: LossFn | None = None,
                     batch_size: int | None = None, tol: float = 1e-3, maxiter: int | None = None,
-                    num_examples: int | None = None, seed: int = 0) -> EigenResult:
+                    num_examples: int | None = None, seed: int = 0,
+                    strategy: tf.distribute.Strategy | None = None) -> EigenResult:
     """The k algebraically largest eigenvalues of the Hessian of the mean loss at the model's
     weights, to relative accuracy `tol`. The model's weights are left as they were."""
     x, y = subsample(np.asarray(x), np.asarray(y), num_examples, seed)
-    objective = Objective(model, x, y, loss=loss, batch_size=batch_size)
+    objective = Objective(model, x, y, loss=loss, batch_size=batch_size, strategy=strategy)
     return top_eigenvalues_at(objective, flat_weights(model), k=k, tol=tol, maxiter=maxiter,
                               seed=seed)
 

@@ -60,12 +60,16 @@ class Objective:
 
     The data is cut into `batch_size` chunks (the last one smaller) and every chunk's mean loss is
     weighted by its size, so any loss returning per-example or mean values gives the exact mean.
+    Under a strategy with several replicas (the model built in its scope), chunk i goes to replica
+    i mod R and the per-replica sums are added with an all-reduce; XLA is used on one replica only.
     """
 
     def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, *,
                  loss: LossFn | None = None, batch_size: int | None = None,
-                 jit_compile: bool = True):
+                 jit_compile: bool = True, strategy: tf.distribute.Strategy | None = None):
         self.model = model
+        self.strategy = strategy or tf.distribute.get_strategy()
+        jit_compile = jit_compile and self.strategy.num_replicas_in_sync == 1
         self.n = len(x)
         self.size = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
         loss = loss or default_loss
@@ -74,12 +78,25 @@ class Objective:
         nb = self.n // b
         self._chunks = []
         if nb:
-            self._chunks.append((tf.constant(x[:nb * b].reshape(nb, b, *x.shape[1:])),
-                                 tf.constant(y[:nb * b].reshape(nb, b, *y.shape[1:]))))
+            self._chunks.append((x[:nb * b].reshape(nb, b, *x.shape[1:]),
+                                 y[:nb * b].reshape(nb, b, *y.shape[1:])))
         if self.n > nb * b:
-            self._chunks.append((tf.constant(x[nb * b:][None]), tf.constant(y[nb * b:][None])))
+            self._chunks.append((x[nb * b:][None], y[nb * b:][None]))
+        self._chunks = [(self._spread(xs), self._spread(ys)) for xs, ys in self._chunks]
         self._value_grad = tf.function(self._value_grad_sums, jit_compile=jit_compile)
         self._hvp = tf.function(self._hvp_sums, jit_compile=jit_compile)
+
+    def _spread(self, stack: np.ndarray):
+        """A stack of chunks as a tensor, or per replica: replica r gets chunks r, r + R, ..."""
+        t = tf.constant(stack)
+        replicas = self.strategy.num_replicas_in_sync
+        if replicas == 1:
+            return t
+        return self.strategy.experimental_distribute_values_from_function(
+            lambda ctx: t[ctx.replica_id_in_sync_group::replicas])
+
+    def _sum_over_replicas(self, value):
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
 
     def _assign(self, w: tf.Tensor) -> None:
         start = 0
@@ -98,6 +115,10 @@ class Objective:
 
     def _value_grad_sums(self, w, xs, ys):
         self._assign(w)
+        total, grad = self.strategy.run(self._replica_value_grad, args=(xs, ys))
+        return self._sum_over_replicas(total), self._sum_over_replicas(grad)
+
+    def _replica_value_grad(self, xs, ys):
         total, grad = tf.constant(0.0), tf.zeros([self.size])
         for i in tf.range(tf.shape(xs)[0]):
             with tf.GradientTape() as tape:
@@ -108,6 +129,9 @@ class Objective:
 
     def _hvp_sums(self, w, v, xs, ys):
         self._assign(w)
+        return self._sum_over_replicas(self.strategy.run(self._replica_hvp, args=(v, xs, ys)))
+
+    def _replica_hvp(self, v, xs, ys):
         hv = tf.zeros([self.size])
         for i in tf.range(tf.shape(xs)[0]):
             with tf.GradientTape() as outer:

@@ -204,13 +204,15 @@ def keskar_sharpness(model: keras.Model, x, y, *, epsilon: float, subspace_dim: 
                      subspace: np.ndarray | None = None, maxiter: int = 10, seed: int = 0,
                      loss: LossFn | None = None, batch_size: int | None = None,
                      num_examples: int | None = None, memory_budget_mb: float = 1024,
-                     jit_compile: bool = True) -> SharpnessResult:
+                     jit_compile: bool = True,
+                     strategy: tf.distribute.Strategy | None = None) -> SharpnessResult:
     """Metric 2.1 of `model` at its current weights over (x, y), the training data.
 
     Full space by default; `subspace_dim=p` draws an n x p Gaussian A from `seed`, `subspace` gives
     A (rows in `model.trainable_variables` order). Above `memory_budget_mb` a drawn A is streamed
     block by block. `num_examples` evaluates f on a seeded random subset. `x, y` may be arrays or a
-    tf.data.Dataset of (x, y) batches. The model's weights are left exactly as they were.
+    tf.data.Dataset of (x, y) batches. With `strategy` (the model built in its scope) the passes
+    over the data are spread over its replicas. The model's weights are left exactly as they were.
     """
     start = time.perf_counter()
     if isinstance(x, tf.data.Dataset):
@@ -218,7 +220,7 @@ def keskar_sharpness(model: keras.Model, x, y, *, epsilon: float, subspace_dim: 
     x, y = subsample(np.asarray(x), np.asarray(y), num_examples, seed)
     with weights_restored(model):
         objective = Objective(model, x, y, loss=loss, batch_size=batch_size,
-                              jit_compile=jit_compile)
+                              jit_compile=jit_compile, strategy=strategy)
         x0 = flat_weights(model)
         a = None
         if subspace is not None or subspace_dim is not None:

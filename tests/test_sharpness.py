@@ -177,3 +177,26 @@ def test_fast_lbfgsb_driver_equals_scipy_minimize():
     np.testing.assert_array_equal(fast.x, slow.x)
     assert (fast.nit, fast.nfev, fast.message) == (slow.nit, slow.nfev, slow.message)
     assert fast.fun == slow.fun and fast.nit == 10
+
+
+def test_two_replicas_give_the_same_sharpness_and_curvature():
+    """The passes over the data spread over two logical CPUs: same f, gradient, Hv, sharpness."""
+    from lbtf.hessian import top_eigenvalues
+
+    x, y = small_data(n=50)
+    mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    one = small_net(seed=4)
+    with mirrored.scope():
+        two = small_net(seed=4)
+    kw = {"epsilon": 1e-2, "batch_size": 8, "subspace_dim": 3}  # 50 = 6 x 8 + 2: uneven chunks
+    a = keskar_sharpness(one, x, y, **kw)
+    b = keskar_sharpness(two, x, y, strategy=mirrored, **kw)
+    assert b.f_x == pytest.approx(a.f_x, rel=1e-6) and b.value == pytest.approx(a.value, rel=1e-4)
+    w = flat_weights(one)
+    v = np.random.default_rng(0).normal(size=w.size)
+    h1 = Objective(one, x, y, batch_size=8).hessian_vector_product(w, v)
+    h2 = Objective(two, x, y, batch_size=8, strategy=mirrored).hessian_vector_product(w, v)
+    np.testing.assert_allclose(h2, h1, rtol=1e-4, atol=1e-6)
+    e1 = top_eigenvalues(one, x, y, tol=1e-6).eigenvalues[0]
+    e2 = top_eigenvalues(two, x, y, tol=1e-6, strategy=mirrored).eigenvalues[0]
+    assert e2 == pytest.approx(e1, rel=1e-4)

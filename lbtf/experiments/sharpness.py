@@ -49,18 +49,21 @@ def resolve_checkpoint(path: str | None) -> str:
     return path
 
 
-def measure_minimizers(flags, data, minimizers: list[dict], log=print) -> pd.DataFrame:
+def measure_minimizers(flags, data, minimizers: list[dict], *, strategy=None,
+                       log=print) -> pd.DataFrame:
     """Full-space and subspace sharpness at every eps, and the top Hessian eigenvalues, of every
     minimiser (dicts with a 'checkpoint' and label fields). One row per measurement.
 
     One network, objective (compiled once) and random subspace A serve every minimiser, so their
     values are comparable and the cost is that of the measurements alone.
     """
-    model = build_model(flags.network, input_shape=data.input_shape,
-                        num_classes=data.num_classes, variant=flags.arch_variant)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        model = build_model(flags.network, input_shape=data.input_shape,
+                            num_classes=data.num_classes, variant=flags.arch_variant)
     x, y = subsample(data.x_train, data.y_train, flags.sharpness_examples or None, flags.seed)
     objective = Objective(model, x, y, batch_size=flags.eval_batch_size,
-                          jit_compile=flags.jit_compile)
+                          jit_compile=flags.jit_compile, strategy=strategy)
     subspace = (Subspace(objective.size, flags.subspace_dim, seed=flags.seed,
                          memory_budget_mb=flags.subspace_memory_mb) if flags.subspace_dim else None)
     rows = []
@@ -92,7 +95,8 @@ def measure_minimizers(flags, data, minimizers: list[dict], log=print) -> pd.Dat
 def run(flags, log=print):
     checkpoint = resolve_checkpoint(flags.checkpoint)
     data, strategy, _ = common.prepare(flags, {})
-    table = measure_minimizers(flags, data, [{"checkpoint": checkpoint}], log=log)
+    table = measure_minimizers(flags, data, [{"checkpoint": checkpoint}], strategy=strategy,
+                               log=log)
     run_dir = common.start_run(flags, "sharpness")
     text = "\n\n".join([f"# Sharpness of {checkpoint}",
                         f"{flags.network} ({flags.arch_variant}) on {data.name}, "

@@ -28,7 +28,7 @@ def run(flags, log=print):
         minimizers = [{"trial": r.trial, "regime": r.regime,
                        "checkpoint": tf.train.latest_checkpoint(r.checkpoint_dir)}
                       for r in runs.itertuples()]
-        found = sharpness.measure_minimizers(flags, data, minimizers, log=log)
+        found = sharpness.measure_minimizers(flags, data, minimizers, strategy=strategy, log=log)
         measurements = found.to_dict(orient="records")
         sections = sharpness_sections(found, flags, data.name)
     text = "\n\n".join([
