@@ -23,6 +23,8 @@ def error_lines(stderr: str) -> list[str]:
     (["--batch_size=-5", "--experiment=train"], "positive integer"),
     (["--lb_batch_size=1.5"], "(0, 1]"),
     (["--trials=0"], "--trials"),
+    (["--learning_rate=0"], "--learning_rate must be positive"),
+    (["--epsilons=1e-3,-1"], "--epsilons"),
     (["--output_dir=/etc/hostname/runs"], "not writable"),
     (["--dataset=timit", "--timit_path=/nonexistent.npz"], "TIMIT file not found"),
     (["--synthetic_shape=a,3", "--dataset=synthetic"], "--synthetic_shape"),

@@ -37,7 +37,7 @@ flags.DEFINE_string("batch_size", "256", "Batch for --experiment=train: an integ
                     "fraction of the training set such as 0.1 or 10%.")
 flags.DEFINE_string("sb_batch_size", "256", "Small batch (integer or fraction).")
 flags.DEFINE_string("lb_batch_size", "0.1", "Large batch (integer or fraction); paper: 10%.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (Keras default).", lower_bound=0)
+flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (Keras default).")
 flags.DEFINE_integer("trials", 3, "Trials from different seeded starting points (paper: 5, set "
                      "in flags/table2_*.flags; 3 keeps the no-flag demo within 5 minutes).",
                      lower_bound=1)
@@ -85,6 +85,11 @@ def _valid_batch(text: str) -> bool:
 
 for _name in ("batch_size", "sb_batch_size", "lb_batch_size"):
     flags.register_validator(_name, _valid_batch)
+
+
+@flags.validator("learning_rate", message="--learning_rate must be positive, e.g. 1e-3")
+def _valid_learning_rate(value: float) -> bool:
+    return value > 0
 
 
 @flags.validator("epsilons", message="--epsilons takes positive numbers, e.g. 1e-3,5e-4")
