@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from lbtf.models import NETWORKS
+
 # Keskar et al. (2017), Table 2: accuracy in percent, (mean, std) over 5 trials.
 PAPER_TABLE2 = {
     "F1": {"SB train": (99.66, 0.05), "LB train": (99.92, 0.01),
@@ -68,11 +70,10 @@ PAPER_DATASET_NOTE = {"F1": "MNIST", "F2": "TIMIT", "C1": "CIFAR-10", "C2": "CIF
 
 def _paper_sharpness(rows: dict[str, list[tuple[float, float]]]) -> dict:
     """{network: {(eps, regime): (mean, std)}} from per-column lists in F1..C4 order."""
-    nets = ("F1", "F2", "C1", "C2", "C3", "C4")
-    out: dict = {n: {} for n in nets}
+    out: dict = {n: {} for n in NETWORKS}
     for column, cells in rows.items():
         eps, regime = column.split()
-        for net, cell in zip(nets, cells, strict=True):
+        for net, cell in zip(NETWORKS, cells, strict=True):
             out[net][(float(eps), regime)] = cell
     return out
 

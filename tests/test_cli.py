@@ -98,6 +98,8 @@ def test_table2_reports_sharpness_tables(data_dir, tmp_path):
     report = (run / "report.md").read_text()
     assert "## Table 3" in report and "## Table 4" in report and "205.14 ± 69.52" in report
     assert "largest Hessian eigenvalue" in report
+    summary = proc.stdout.rsplit("measuring the sharpness", 1)[1]  # printed at the end of the run
+    assert "## Table 3" in summary and "## Curvature cross-check" in summary
     # Measure a saved minimiser again, by folder (its latest checkpoint): the same number.
     ckpt = run / "checkpoints" / "trial0_LB"
     out = tmp_path / "again"

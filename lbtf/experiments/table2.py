@@ -22,7 +22,7 @@ def run(flags, log=print):
                                 run_dir=run_dir, log=log)
     summary = report.accuracy_summary(runs)
     table = report.table2_markdown(summary, network=flags.network, dataset=data.name)
-    sections, measurements = [], []
+    summaries, details, measurements = [], [], []
     if flags.sharpness:
         log("measuring the sharpness of every minimiser (Tables 3 and 4)")
         minimizers = [{"trial": r.trial, "regime": r.regime,
@@ -30,7 +30,7 @@ def run(flags, log=print):
                       for r in runs.itertuples()]
         found = sharpness.measure_minimizers(flags, data, minimizers, strategy=strategy, log=log)
         measurements = found.to_dict(orient="records")
-        sections = sharpness_sections(found, flags, data.name)
+        summaries, details = sharpness_sections(found, flags, data.name)
     text = "\n\n".join([
         f"# Table 2: SB vs LB Adam, {flags.network} on {data.name}",
         f"Network {flags.network} ({flags.arch_variant} variant), {data.num_train} training and "
@@ -39,7 +39,7 @@ def run(flags, log=print):
         f"training loss stopped improving by {flags.min_delta} for {flags.patience} epochs "
         f"(at most {flags.max_epochs}). Accuracy in percent, mean ± std over trials. The paper "
         f"row is for {report.PAPER_DATASET_NOTE.get(flags.network, 'its own dataset')}.",
-        table, *sections, "## Runs", report.runs_markdown(runs),
+        table, *summaries, *details, "## Runs", report.runs_markdown(runs),
         "Per-epoch curves: `history.csv`; TensorBoard: `tensorboard --logdir "
         f"{run_dir / 'tb'}`; weights of every epoch: `checkpoints/`."])
     results = {"experiment": "table2", "network": flags.network, "variant": flags.arch_variant,
@@ -49,13 +49,13 @@ def run(flags, log=print):
                "paper": report.PAPER_TABLE2.get(flags.network),
                "runs": runs.to_dict(orient="records"), "measurements": measurements}
     common.write_results(run_dir, results, text + "\n")
-    tables = [t for t in sections[:-2] if t.startswith("|") or t.startswith("## Table")]
-    log("\n" + "\n\n".join([table, *tables]) + f"\n\nreport: {run_dir / 'report.md'}")
+    log("\n" + "\n\n".join([table, *summaries]) + f"\n\nreport: {run_dir / 'report.md'}")
     return run_dir
 
 
-def sharpness_sections(found, flags, dataset: str) -> list[str]:
-    """Report sections for Tables 3 and 4 and the Hessian cross-check."""
+def sharpness_sections(found, flags, dataset: str) -> tuple[list[str], list[str]]:
+    """Report sections: the summaries (Tables 3 and 4, the Hessian cross-check), also printed at
+    the end of the run, and the details (every measurement)."""
     how = (f"Metric 2.1 of the final weights, {flags.sharpness_maxiter} L-BFGS-B iterations, f the "
            f"mean training loss over {found.num_examples.iloc[0]} training examples in inference "
            "mode; mean ± std over trials. Every measurement with its optimiser status is in "
@@ -68,4 +68,4 @@ def sharpness_sections(found, flags, dataset: str) -> list[str]:
                                           dataset=dataset)]
     if flags.hessian_k:
         out += ["## Curvature cross-check", report.eigenvalue_markdown(found)]
-    return out + ["## Measurements", report.measurements_markdown(found)]
+    return out, ["## Measurements", report.measurements_markdown(found)]
