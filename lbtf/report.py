@@ -126,3 +126,15 @@ def measurements_markdown(table: pd.DataFrame) -> str:
     cols = [c for c in ("trial", "regime", "measure", "space", "epsilon", "value", "f_x",
                         "f_max", "nit", "nfev", "message") if c in table]
     return table[cols].to_markdown(index=False, floatfmt=".4g")
+
+
+def distance_markdown(table: pd.DataFrame) -> str:
+    """||x_s - x_0|| and ||x_l - x_0|| per trial and their ratio (paper: 3 to 10)."""
+    if not len(table):
+        return "No trial has both an SB and an LB run."
+    m, s = mean_std(table.ratio)
+    shown = table.rename(columns={"sb_distance": "‖x_s − x_0‖", "lb_distance": "‖x_l − x_0‖",
+                                  "ratio": "ratio"})
+    return (shown.to_markdown(index=False, floatfmt=".4g") +
+            f"\n\nRatio ‖x_s − x_0‖ / ‖x_l − x_0‖: {fmt(m, s)} over trials (the paper reports 3 "
+            "to 10). Both regimes of a trial start from the same x_0.")

@@ -35,6 +35,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic(path, lambda f: f.write(data))
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Strict JSON: NumPy values become plain ones, NaN and infinities become null."""
     atomic_write_text(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")

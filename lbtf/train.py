@@ -21,6 +21,7 @@ import tensorflow as tf
 from lbtf.data import Dataset
 from lbtf.distribute import split_columns
 from lbtf.errors import UsageError
+from lbtf.objective import EvalSet, make_evaluator
 from lbtf.objective import default_loss as per_example_loss
 
 
@@ -90,42 +91,6 @@ def epoch_indices(rng: np.random.Generator, n: int, batch_size: int) -> np.ndarr
     """A fresh permutation cut into [n // batch_size, batch_size]; the remainder is dropped."""
     steps = n // batch_size
     return rng.permutation(n)[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
-
-
-class EvalSet:
-    """A split padded to whole evaluation batches, with a mask, so XLA sees one static shape."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int):
-        n = len(x)
-        b = max(1, min(batch_size, n))
-        nb = math.ceil(n / b)
-        pad = nb * b - n
-        self.n = n
-        self.x = tf.constant(np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-                             .reshape(nb, b, *x.shape[1:]))
-        self.y = tf.constant(np.concatenate([y, np.zeros(pad, y.dtype)]).reshape(nb, b))
-        self.mask = tf.constant((np.arange(nb * b) < n).astype(np.float32).reshape(nb, b))
-
-
-def make_evaluator(model: keras.Model, jit_compile: bool) -> Callable[[EvalSet], tuple[float, float]]:
-    """Mean loss and accuracy of `model` in inference mode over an EvalSet."""
-
-    @tf.function(jit_compile=jit_compile)
-    def sums(x, y, mask):
-        loss = tf.constant(0.0)
-        correct = tf.constant(0.0)
-        for i in tf.range(tf.shape(x)[0]):
-            probs = model(x[i], training=False)
-            loss += tf.reduce_sum(per_example_loss(y[i], probs) * mask[i])
-            hit = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y[i]), tf.float32)
-            correct += tf.reduce_sum(hit * mask[i])
-        return loss, correct
-
-    def evaluate(split: EvalSet) -> tuple[float, float]:
-        loss, correct = sums(split.x, split.y, split.mask)
-        return float(loss) / split.n, float(correct) / split.n
-
-    return evaluate
 
 
 class Trainer:

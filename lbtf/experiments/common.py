@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -14,6 +16,7 @@ import lbtf
 from lbtf import data as data_lib
 from lbtf import runs
 from lbtf.distribute import make_strategy, per_replica_batch
+from lbtf.errors import UsageError
 from lbtf.experiments.flags import module_flags
 from lbtf.models import build_model, check_compatible
 from lbtf.train import TrainConfig, Trainer, fit, resolve_batch_size
@@ -50,12 +53,48 @@ def prepare(flags, batch_specs: dict[str, str]):
     return data, strategy, batches
 
 
+def _flags_text() -> str:
+    return "".join(f.serialize() + "\n" for f in module_flags() if f.value is not None)
+
+
+def _differing(saved: str, current: str) -> list[str]:
+    parse = lambda text: dict(ln.partition("=")[::2] for ln in text.splitlines() if ln)  # noqa: E731
+    a, b = parse(saved), parse(current)
+    return sorted(k.lstrip("-") for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
 def start_run(flags, experiment: str) -> Path:
-    """Creates the run folder and saves the resolved flags in it (usable as a --flagfile)."""
-    run_dir = runs.new_run_dir(flags.output_dir, experiment)
-    text = "".join(f.serialize() + "\n" for f in module_flags() if f.value is not None)
+    """Creates the run folder and saves the resolved flags in it (usable as a --flagfile).
+
+    With --run_name the folder is <output_dir>/<run_name>; when it already holds a run started
+    with the same flags, that run is resumed (finished parts are skipped by the caller)."""
+    text = _flags_text()
+    if not flags.run_name:
+        run_dir = runs.new_run_dir(flags.output_dir, experiment)
+    else:
+        run_dir = Path(flags.output_dir) / flags.run_name
+        saved = run_dir / "flags.txt"
+        if saved.is_file():
+            changed = _differing(saved.read_text(), text)
+            if changed:
+                raise UsageError(f"run folder {run_dir} was started with other values of "
+                                 f"{', '.join('--' + c for c in changed)}; start it again with its "
+                                 f"own flags (--flagfile={saved}) or choose another --run_name")
+            return run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
     runs.atomic_write_text(run_dir / "flags.txt", text)
     return run_dir
+
+
+def cached(path: Path, compute: Callable[[], dict], log=print) -> dict:
+    """The JSON record at `path` if an earlier (interrupted) start of this run finished it, else
+    compute() written atomically to `path`: how multi-run experiments skip finished work."""
+    if path.is_file():
+        log(f"  {path.relative_to(path.parents[1])}: finished earlier, skipped")
+        return json.loads(path.read_text())
+    record = runs.jsonable(compute())
+    runs.atomic_write_json(path, record)
+    return record
 
 
 def environment(strategy: tf.distribute.Strategy) -> dict:
@@ -70,45 +109,74 @@ def initial_variables(build, seed: int) -> list:
     return [v.numpy() for v in build().variables]
 
 
+def model_builder(flags, data: data_lib.Dataset) -> Callable[[], keras.Model]:
+    return functools.partial(build_model, flags.network, input_shape=data.input_shape,
+                             num_classes=data.num_classes, variant=flags.arch_variant)
+
+
+def make_trainer(flags, data, strategy, batch: int, **overrides) -> Trainer:
+    """A Trainer with the flags' settings at global batch `batch` (overrides: TrainConfig fields)."""
+    config = dict(batch_size=batch, learning_rate=flags.learning_rate,
+                  max_epochs=flags.max_epochs, patience=flags.patience,
+                  min_delta=flags.min_delta, steps_per_loop=flags.steps_per_loop,
+                  eval_batch_size=flags.eval_batch_size, jit_compile=flags.jit_compile,
+                  checkpoint_every=flags.checkpoint_every)
+    return Trainer(model_builder(flags, data), data, TrainConfig(**{**config, **overrides}),
+                   strategy=strategy)
+
+
+def train_from(trainer: Trainer, start: list, **kwargs) -> dict:
+    """`train_once` after resetting the trainer to the model variables `start`."""
+    trainer.reset(start)
+    return train_once(trainer, **kwargs)
+
+
+def train_once(trainer: Trainer, *, name: str, run_dir: Path, seed: int, hparams: dict,
+               label: str, log=print) -> dict:
+    """One training run from the trainer's current weights, with its TensorBoard log and
+    checkpoints under run_dir; returns the final row, the history and the checkpoint folder."""
+    from tensorboard.plugins.hparams import api as hp
+
+    writer = tf.summary.create_file_writer(str(run_dir / "tb" / name))
+    with writer.as_default():
+        hp.hparams(hparams, trial_id=name)
+    result = fit(trainer, seed=seed, checkpoint_dir=run_dir / "checkpoints" / name,
+                 writer=writer, log=log, label=label)
+    final = {k: v for k, v in result.final.items() if k not in ("epoch", "steps")}
+    return {"epochs": len(result.history), "stop_reason": result.stop_reason, **final,
+            "seconds": result.seconds, "checkpoint_dir": result.checkpoint_dir,
+            "history": result.history}
+
+
 def train_regimes(flags, *, data, strategy, batches: dict[str, int], run_dir: Path,
                   log=print) -> pd.DataFrame:
     """Every trial of every regime (e.g. SB and LB); returns one row per run, writes history.csv.
 
     Trial t starts every regime from the same seeded initial weights (seed + t), so the distance
     from the starting point is comparable between SB and LB. One Trainer per regime is compiled
-    once and reset for each trial.
+    once and reset for each trial. Runs finished by an earlier start of the same run are skipped.
     """
-    from tensorboard.plugins.hparams import api as hp
-
-    build = functools.partial(build_model, flags.network, input_shape=data.input_shape,
-                              num_classes=data.num_classes, variant=flags.arch_variant)
-    trainers = {regime: Trainer(build, data, TrainConfig(
-        batch_size=batch, learning_rate=flags.learning_rate, max_epochs=flags.max_epochs,
-        patience=flags.patience, min_delta=flags.min_delta, steps_per_loop=flags.steps_per_loop,
-        eval_batch_size=flags.eval_batch_size, jit_compile=flags.jit_compile,
-        checkpoint_every=flags.checkpoint_every), strategy=strategy)
-        for regime, batch in batches.items()}
+    build = model_builder(flags, data)
+    trainers = {regime: make_trainer(flags, data, strategy, batch)
+                for regime, batch in batches.items()}
     finals, histories = [], []
     for trial in range(flags.trials):
         seed = flags.seed + trial
-        start = initial_variables(build, seed)
+        start = None  # drawn only when a run of this trial is still to do
         for regime, trainer in trainers.items():
-            batch = batches[regime]
-            name = f"trial{trial}_{regime}"
-            writer = tf.summary.create_file_writer(str(run_dir / "tb" / name))
-            with writer.as_default():
-                hp.hparams({"network": flags.network, "dataset": data.name, "regime": regime,
-                            "batch_size": batch, "learning_rate": flags.learning_rate,
-                            "seed": seed}, trial_id=name)
-            trainer.reset(start)
-            result = fit(trainer, seed=seed, checkpoint_dir=run_dir / "checkpoints" / name,
-                         writer=writer, log=log,
-                         label=f"[trial {trial + 1}/{flags.trials} {regime} B={batch}]")
+            batch, name = batches[regime], f"trial{trial}_{regime}"
+            path = run_dir / "runs" / f"{name}.json"
+            if start is None and not path.is_file():
+                start = initial_variables(build, seed)
+            record = cached(path, functools.partial(
+                train_from, trainer, start, name=name, run_dir=run_dir, seed=seed, log=log,
+                hparams={"network": flags.network, "dataset": data.name, "regime": regime,
+                         "batch_size": batch, "learning_rate": flags.learning_rate, "seed": seed},
+                label=f"[trial {trial + 1}/{flags.trials} {regime} B={batch}]"), log=log)
+            history = record.pop("history")
             finals.append({"trial": trial, "regime": regime, "batch_size": batch, "seed": seed,
-                           "epochs": len(result.history), "stop_reason": result.stop_reason,
-                           **{k: v for k, v in result.final.items() if k not in ("epoch", "steps")},
-                           "seconds": result.seconds, "checkpoint_dir": result.checkpoint_dir})
-            histories.append(pd.DataFrame(result.history).assign(trial=trial, regime=regime))
+                           **record})
+            histories.append(pd.DataFrame(history).assign(trial=trial, regime=regime))
     history = pd.concat(histories, ignore_index=True)
     runs.atomic_write_text(run_dir / "history.csv", history.to_csv(index=False))
     return pd.DataFrame(finals)

@@ -3,20 +3,26 @@ lbtf.experiments; library modules take plain arguments."""
 
 from __future__ import annotations
 
+import re
+
 from absl import flags
 
 from lbtf.data import LOADERS
 from lbtf.distribute import STRATEGIES
+from lbtf.landscape import BN_MODES, PATHS
 from lbtf.models import NETWORKS, VARIANTS
 from lbtf.train import parse_batch_size
 
-EXPERIMENTS = ("table2", "train", "sharpness", "info")
+EXPERIMENTS = ("table2", "train", "sharpness", "batch_sweep", "warm_start", "trajectory", "info")
 
 # What to run.
 flags.DEFINE_enum("experiment", "table2", EXPERIMENTS,
-                  "table2: SB vs LB Adam over trials, with the sharpness of every minimiser "
-                  "(Tables 2-4); train: one batch size over trials; sharpness: measure "
-                  "--checkpoint; info: the six networks' sizes.")
+                  "table2: SB vs LB Adam over trials, with the sharpness of every minimiser, "
+                  "training curves and parametric plots (Tables 2-4, Figures 2, 3, 7); train: one "
+                  "batch size over trials; sharpness: measure --checkpoint; batch_sweep: accuracy "
+                  "and sharpness against batch size (Figure 4); warm_start: LB runs started from "
+                  "SB iterates (Figure 5); trajectory: sharpness against training loss along SB "
+                  "and LB runs (Figure 6); info: the six networks' sizes.")
 flags.DEFINE_enum("network", "F1", NETWORKS, "Network of Keskar et al., Appendix B.")
 flags.DEFINE_enum("arch_variant", "paper", VARIANTS,
                   "paper: Appendix B as written; reference: the authors' released code.")
@@ -71,8 +77,32 @@ flags.DEFINE_integer("hessian_k", 0, "Largest Hessian eigenvalues per minimiser,
                      "(0: skip; 1 costs ~20 Hessian-vector products per minimiser).", lower_bound=0)
 flags.DEFINE_string("checkpoint", None, "For --experiment=sharpness: a weights checkpoint "
                     "written by lbtf (prefix such as .../weights-40, or its folder for the last).")
+# Loss landscape (Figures 3 and 7).
+flags.DEFINE_list("parametric", ["linear"], "Paths between the SB and LB minimisers of one trial to "
+                  "plot in table2: linear (Figure 3), curvilinear (Figure 7); empty for none.")
+flags.DEFINE_integer("parametric_points", 25, "Evenly spaced alphas on each path (0 and 1 are "
+                     "always added).", lower_bound=2)
+flags.DEFINE_float("alpha_min", -1.0, "Start of the alpha range (paper: -1).")
+flags.DEFINE_float("alpha_max", 2.0, "End of the alpha range (paper: 2).")
+flags.DEFINE_integer("parametric_trial", 0, "Trial whose SB and LB minimisers are plotted.",
+                     lower_bound=0)
+flags.DEFINE_enum("bn_stats", "recompute", BN_MODES, "BN moving statistics along a path: "
+                  "recompute them from training data at every point, or interpolate them (means "
+                  "linearly, variances log-linearly, never negative).")
+# Batch-size sweep (Figure 4), warm starts (Figure 5), trajectories (Figure 6).
+flags.DEFINE_list("batch_sizes", ["256", "512", "1024", "0.05", "0.1", "0.2"],
+                  "Batch sizes of --experiment=batch_sweep (integers or fractions).")
+flags.DEFINE_integer("warm_start_epochs", 20, "SB epochs whose iterates start LB runs (paper: "
+                     "100).", lower_bound=0)
+flags.DEFINE_integer("warm_start_stride", 2, "Start an LB run from every N-th SB iterate.",
+                     lower_bound=1)
+flags.DEFINE_integer("trajectory_stride", 2, "Measure every N-th epoch's iterate (and the last).",
+                     lower_bound=1)
 # Output.
 flags.DEFINE_string("output_dir", "outputs", "Root of the run folders.")
+flags.DEFINE_string("run_name", None, "Run folder name under --output_dir (default: "
+                    "<experiment>_<timestamp>). Starting again with the same name and flags "
+                    "resumes: finished runs and measurements are skipped.")
 
 
 def _valid_batch(text: str) -> bool:
@@ -85,6 +115,29 @@ def _valid_batch(text: str) -> bool:
 
 for _name in ("batch_size", "sb_batch_size", "lb_batch_size"):
     flags.register_validator(_name, _valid_batch)
+
+
+@flags.validator("batch_sizes", message="--batch_sizes takes integers or fractions, e.g. "
+                 "256,1024,0.1")
+def _valid_batches(values: list[str]) -> bool:
+    return bool(values) and all(_valid_batch(v) for v in values)
+
+
+@flags.validator("parametric", message=f"--parametric takes paths from {', '.join(PATHS)} "
+                 "(or nothing)")
+def _valid_paths(values: list[str]) -> bool:
+    return all(v in PATHS for v in values)
+
+
+flags.register_multi_flags_validator(
+    ["alpha_min", "alpha_max"], lambda d: d["alpha_min"] < d["alpha_max"],
+    message="--alpha_min must be below --alpha_max, e.g. -1 and 2")
+
+
+@flags.validator("run_name", message="--run_name must be a plain folder name (letters, digits, "
+                 "'-', '_', '.'), not a path")
+def _valid_run_name(value: str | None) -> bool:
+    return value is None or (bool(re.fullmatch(r"[\w.-]+", value)) and value not in (".", ".."))
 
 
 @flags.validator("learning_rate", message="--learning_rate must be positive, e.g. 1e-3")

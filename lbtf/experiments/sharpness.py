@@ -8,6 +8,7 @@ lbtf.sharpness.sharpness_at, lbtf.hessian.top_eigenvalues_at.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +24,8 @@ from lbtf.sharpness import Subspace, sharpness_at
 from lbtf.train import restore_weights
 
 
-def _restore(model, checkpoint: str, network: str) -> None:
+def restore(model, checkpoint: str, network: str) -> None:
+    """Loads an lbtf checkpoint, or raises a UsageError naming the checkpoint and the network."""
     try:
         restore_weights(model, checkpoint)
     except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError, AssertionError) as e:
@@ -49,13 +51,14 @@ def resolve_checkpoint(path: str | None) -> str:
     return path
 
 
-def measure_minimizers(flags, data, minimizers: list[dict], *, strategy=None,
-                       log=print) -> pd.DataFrame:
+def measure_minimizers(flags, data, minimizers: list[dict], *, strategy=None, log=print,
+                       cache_dir: Path | None = None) -> pd.DataFrame:
     """Full-space and subspace sharpness at every eps, and the top Hessian eigenvalues, of every
     minimiser (dicts with a 'checkpoint' and label fields). One row per measurement.
 
     One network, objective (compiled once) and random subspace A serve every minimiser, so their
-    values are comparable and the cost is that of the measurements alone.
+    values are comparable and the cost is that of the measurements alone. With `cache_dir`, each
+    minimiser's measurements are kept there and skipped when the run is started again.
     """
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
@@ -69,27 +72,40 @@ def measure_minimizers(flags, data, minimizers: list[dict], *, strategy=None,
     rows = []
     for m in minimizers:
         labels = {k: v for k, v in m.items() if k != "checkpoint"}
-        _restore(model, m["checkpoint"], flags.network)
-        x0 = flat_weights(model)
-        spaces = [("full", None, None)]
-        if subspace is not None:
-            spaces.append(("subspace", subspace, subspace.pinv_apply(x0)))
-        for eps in (float(e) for e in flags.epsilons):
-            for space, sub, center in spaces:
-                r = sharpness_at(objective, x0, epsilon=eps, subspace=sub, center=center,
-                                 maxiter=flags.sharpness_maxiter)
-                rows.append({**labels, "measure": "sharpness", "space": space,
-                             **dataclasses.asdict(r)})
-                log(f"  sharpness {labels} {space:8s} eps={eps:g}: {r.value:10.4f}  "
-                    f"(f {r.f_x:.3g} -> {r.f_max:.3g}, {r.nit} it, {r.nfev} evals, "
-                    f"{r.seconds:.1f}s; {r.message})")
-        if flags.hessian_k:
-            e = top_eigenvalues_at(objective, x0, k=flags.hessian_k, seed=flags.seed)
-            rows.append({**labels, "measure": "hessian", "space": "full",
-                         "value": e.eigenvalues[0], "eigenvalues": e.eigenvalues,
-                         "nfev": e.num_hvp, "num_examples": e.num_examples})
-            log(f"  hessian   {labels} top eigenvalues {[round(v, 4) for v in e.eigenvalues]}")
+        measure = functools.partial(_measure_one, flags, model, objective, subspace, m["checkpoint"],
+                                    labels, log)
+        if cache_dir is None:
+            rows += measure()["rows"]
+        else:
+            name = "_".join(f"{k}{v}" for k, v in labels.items()) or "minimizer"
+            rows += common.cached(Path(cache_dir) / f"{name}.json", measure, log=log)["rows"]
     return pd.DataFrame(rows)
+
+
+def _measure_one(flags, model, objective, subspace, checkpoint: str, labels: dict,
+                 log) -> dict:
+    restore(model, checkpoint, flags.network)
+    x0 = flat_weights(model)
+    spaces = [("full", None, None)]
+    if subspace is not None:
+        spaces.append(("subspace", subspace, subspace.pinv_apply(x0)))
+    rows = []
+    for eps in (float(e) for e in flags.epsilons):
+        for space, sub, center in spaces:
+            r = sharpness_at(objective, x0, epsilon=eps, subspace=sub, center=center,
+                             maxiter=flags.sharpness_maxiter)
+            rows.append({**labels, "measure": "sharpness", "space": space,
+                         **dataclasses.asdict(r)})
+            log(f"  sharpness {labels} {space:8s} eps={eps:g}: {r.value:10.4f}  "
+                f"(f {r.f_x:.3g} -> {r.f_max:.3g}, {r.nit} it, {r.nfev} evals, "
+                f"{r.seconds:.1f}s; {r.message})")
+    if flags.hessian_k:
+        e = top_eigenvalues_at(objective, x0, k=flags.hessian_k, seed=flags.seed)
+        rows.append({**labels, "measure": "hessian", "space": "full",
+                     "value": e.eigenvalues[0], "eigenvalues": e.eigenvalues,
+                     "nfev": e.num_hvp, "num_examples": e.num_examples})
+        log(f"  hessian   {labels} top eigenvalues {[round(v, 4) for v in e.eigenvalues]}")
+    return {"rows": rows}
 
 
 def run(flags, log=print):

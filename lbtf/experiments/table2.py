@@ -1,17 +1,26 @@
 """Table 2 of Keskar et al.: SB (256) and LB (10% of the training set) Adam, over trials.
 
-Paper artifact -> flags/table2_<net>.flags -> this module -> lbtf.train.fit.
+Also the training curves (Figure 2), the parametric plots of one trial (Figures 3 and 7) and the
+distances from the starting point.
+
+Paper artifact -> flags/table{2,3,4}_<net>.flags -> this module -> lbtf.train.fit,
+lbtf.sharpness, lbtf.landscape (through experiments.sharpness and experiments.parametric).
 """
 
 from __future__ import annotations
 
+import pandas as pd
 import tensorflow as tf
 
 from lbtf import report
-from lbtf.experiments import common, sharpness
+from lbtf.errors import UsageError
+from lbtf.experiments import common, parametric, sharpness
 
 
 def run(flags, log=print):
+    if flags.parametric and flags.parametric_trial >= flags.trials:
+        raise UsageError(f"--parametric_trial={flags.parametric_trial} needs at least "
+                         f"{flags.parametric_trial + 1} --trials (trials count from 0)")
     data, strategy, batches = common.prepare(
         flags, {"SB": flags.sb_batch_size, "LB": flags.lb_batch_size})
     run_dir = common.start_run(flags, "table2")
@@ -26,11 +35,21 @@ def run(flags, log=print):
     if flags.sharpness:
         log("measuring the sharpness of every minimiser (Tables 3 and 4)")
         minimizers = [{"trial": r.trial, "regime": r.regime,
-                       "checkpoint": tf.train.latest_checkpoint(r.checkpoint_dir)}
+                       "checkpoint": parametric.checkpoint_at(r.checkpoint_dir)}
                       for r in runs.itertuples()]
-        found = sharpness.measure_minimizers(flags, data, minimizers, strategy=strategy, log=log)
+        found = sharpness.measure_minimizers(flags, data, minimizers, strategy=strategy, log=log,
+                                             cache_dir=run_dir / "measurements")
         measurements = found.to_dict(orient="records")
         summaries, details = sharpness_sections(found, flags, data.name)
+    dist = parametric.distances(flags, data, runs)
+    writer = tf.summary.create_file_writer(str(run_dir / "tb" / "figures"))
+    history = pd.read_csv(run_dir / "history.csv")
+    plots = parametric.training_curves_figure(history, flags=flags, dataset=data.name,
+                                              run_dir=run_dir, writer=writer)
+    tables = parametric.parametric_tables(flags, data, runs, log=log)
+    plots += parametric.parametric_figures(tables, flags=flags, dataset=data.name,
+                                           run_dir=run_dir, writer=writer)
+    distance = ["## Distance from the starting point", report.distance_markdown(dist)]
     text = "\n\n".join([
         f"# Table 2: SB vs LB Adam, {flags.network} on {data.name}",
         f"Network {flags.network} ({flags.arch_variant} variant), {data.num_train} training and "
@@ -39,7 +58,7 @@ def run(flags, log=print):
         f"training loss stopped improving by {flags.min_delta} for {flags.patience} epochs "
         f"(at most {flags.max_epochs}). Accuracy in percent, mean ± std over trials. The paper "
         f"row is for {report.PAPER_DATASET_NOTE.get(flags.network, 'its own dataset')}.",
-        table, *summaries, *details, "## Runs", report.runs_markdown(runs),
+        table, *summaries, *distance, *plots, *details, "## Runs", report.runs_markdown(runs),
         "Per-epoch curves: `history.csv`; TensorBoard: `tensorboard --logdir "
         f"{run_dir / 'tb'}`; weights of every epoch: `checkpoints/`."])
     results = {"experiment": "table2", "network": flags.network, "variant": flags.arch_variant,
@@ -47,9 +66,13 @@ def run(flags, log=print):
                "environment": common.environment(strategy),
                "summary": summary.to_dict(orient="records"),
                "paper": report.PAPER_TABLE2.get(flags.network),
-               "runs": runs.to_dict(orient="records"), "measurements": measurements}
+               "runs": runs.to_dict(orient="records"), "measurements": measurements,
+               "distances": dist.to_dict(orient="records"),
+               "parametric": {p: t.to_dict(orient="records") for p, t in tables.items()},
+               "bn_stats": flags.bn_stats}
     common.write_results(run_dir, results, text + "\n")
-    log("\n" + "\n\n".join([table, *summaries]) + f"\n\nreport: {run_dir / 'report.md'}")
+    log("\n" + "\n\n".join([table, *summaries, *distance]) +
+        f"\n\nreport: {run_dir / 'report.md'}")
     return run_dir
 
 
