@@ -27,6 +27,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_sharpness.py
+	$(PY) bench/bench_landscape.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -143,25 +143,22 @@ class Subspace:
                else self._streamed_products[1](gt))
         return out.numpy().astype(np.float64)
 
-    def _gram(self, right: np.ndarray | None = None, x: np.ndarray | None = None):
-        """Streams sum_b B_b^T B_b and sum_b B_b^T x_b with B_b = A_b R^-1 (R = I when None)."""
-        gram, atx, start = np.zeros((self.p, self.p)), np.zeros(self.p), 0
+    def _gram(self, right: np.ndarray | None = None) -> np.ndarray:
+        """Streams sum_b B_b^T B_b with B_b = A_b R^-1 (R = I when None)."""
+        gram = np.zeros((self.p, self.p))
         for b in self.blocks():
             block = b.numpy().astype(np.float64)
             if right is not None:
                 block = scipy.linalg.solve_triangular(right, block.T, trans="T").T
             gram += block.T @ block
-            if x is not None:
-                atx += block.T @ x[start:start + len(block)]
-            start += len(block)
-        return gram, atx
+        return gram
 
     def _factors(self) -> tuple[np.ndarray, np.ndarray]:
         """R1 = chol(A^T A), R2 = chol(Q1^T Q1) with Q1 = A R1^-1: CholeskyQR2's factors of A."""
         if self._r is None:
             try:
-                r1 = np.linalg.cholesky(self._gram()[0]).T
-                r2 = np.linalg.cholesky(self._gram(right=r1)[0]).T
+                r1 = np.linalg.cholesky(self._gram()).T
+                r2 = np.linalg.cholesky(self._gram(right=r1)).T
             except np.linalg.LinAlgError:
                 raise ValueError("the subspace matrix is rank deficient; its columns must be "
                                  "linearly independent") from None
@@ -169,15 +166,20 @@ class Subspace:
         return self._r
 
     def pinv_apply(self, x: np.ndarray) -> np.ndarray:
-        """A+ x, the least-squares solution of A c = x, by streaming CholeskyQR2 over row blocks.
+        """A+ x, the least-squares solution of A c = x, with CholeskyQR2's factors of A.
 
         A = Q R with Q = A R1^-1 R2^-1 and R = R2 R1 (factors computed once per subspace), so
-        A+ x = R^-1 Q^T x, with Q1^T x = (A R1^-1)^T x streamed block by block. Never an n x n
-        matrix nor all of A in float64; as accurate as Householder QR for cond(A) < 1e8 (a
-        Gaussian n x p A with n >> p has cond(A) close to 1).
+        A+ x = R^-1 Q^T x and Q^T x = R2^-T R1^-T (A^T x): one streamed float64 pass for A^T x and
+        four p x p triangular solves. Never an n x n matrix nor all of A in float64; as accurate
+        as Householder QR for cond(A) < 1e8 (a Gaussian n x p A with n >> p has cond(A) near 1).
         """
         r1, r2 = self._factors()
-        qtx = scipy.linalg.solve_triangular(r2, self._gram(right=r1, x=x)[1], trans="T")
+        atx, start = np.zeros(self.p), 0
+        for b in self.blocks():
+            atx += b.numpy().T.astype(np.float64) @ x[start:start + b.shape[0]]
+            start += b.shape[0]
+        q1tx = scipy.linalg.solve_triangular(r1, atx, trans="T")
+        qtx = scipy.linalg.solve_triangular(r2, q1tx, trans="T")
         return scipy.linalg.solve_triangular(r2 @ r1, qtx)
 
 

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-TINY = ["--mnist1d_samples=500", "--max_epochs=3", "--trials=2", "--patience=2", "--nosharpness"]
+TINY = ["--mnist1d_samples=500", "--max_epochs=3", "--trials=2", "--patience=2", "--nosharpness",
+        "--parametric_points=4"]
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -29,6 +30,13 @@ def error_lines(stderr: str) -> list[str]:
     (["--dataset=timit", "--timit_path=/nonexistent.npz"], "TIMIT file not found"),
     (["--synthetic_shape=a,3", "--dataset=synthetic"], "--synthetic_shape"),
     (["stray"], "unexpected arguments"),
+    (["--parametric=spiral"], "--parametric takes paths"),
+    (["--alpha_min=2", "--alpha_max=1"], "--alpha_min must be below --alpha_max"),
+    (["--parametric_trial=2"], "needs at least 3 --trials"),
+    (["--bn_stats=guess"], "--bn_stats"),
+    (["--experiment=batch_sweep", "--batch_sizes=64,0"], "positive integer"),
+    (["--experiment=warm_start", "--warm_start_epochs=0"], "--warm_start_epochs"),
+    (["--run_name=../elsewhere"], "--run_name must be a plain folder name"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_run(args, expect, data_dir, tmp_path):
     out = tmp_path / "runs"
@@ -66,6 +74,17 @@ def test_table2_end_to_end(data_dir, tmp_path):
     assert (run / "tb" / "trial0_SB").is_dir()
     ckpt = run / "checkpoints" / "trial1_LB"
     assert (ckpt / "weights-0.index").is_file() and (ckpt / "checkpoint").is_file()
+    # Figures 2 and 3 as PNG and PDF, embedded in the report and logged to TensorBoard.
+    for name in ("figure2_training_curves", "figure3_parametric_linear"):
+        assert (run / f"{name}.png").stat().st_size > 1000 and (run / f"{name}.pdf").is_file()
+        assert f"]({name}.png)" in report
+    assert any((run / "tb" / "figures").iterdir())
+    linear = pd.DataFrame(results["parametric"]["linear"])
+    assert list(linear.alpha) == [-1, 0, 1, 2] and linear.train_loss.notna().all()
+    dist = pd.DataFrame(results["distances"])
+    assert list(dist.trial) == [0, 1] and (dist.sb_distance > 0).all()
+    assert dist.ratio.to_numpy() == pytest.approx(dist.sb_distance / dist.lb_distance)
+    assert "## Distance from the starting point" in report
 
 
 def test_train_experiment_and_info(data_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""Every flagfile in flags/ parses against lbtf's flag definitions and names what it claims."""
+"""Every paper artifact has a flagfile per network (and a _cpu variant); every flagfile parses
+against lbtf's flag definitions and runs the experiment that produces its artifact."""
 
 from pathlib import Path
 
@@ -9,6 +10,12 @@ import lbtf.experiments.flags  # noqa: F401  (defines the flags)
 from lbtf.models import NETWORKS, PAPER_DATASET
 
 FLAGFILES = sorted((Path(__file__).resolve().parents[1] / "flags").glob("*.flags"))
+# Paper artifact -> (experiment that produces it, networks the paper shows it for).
+ARTIFACTS = {"table2": ("table2", NETWORKS), "table3": ("table2", NETWORKS),
+             "table4": ("table2", NETWORKS), "figure2": ("table2", ("F2", "C1")),
+             "figure3": ("table2", NETWORKS), "figure7": ("table2", NETWORKS),
+             "figure4": ("batch_sweep", ("F2", "C1")), "figure5": ("warm_start", ("F2", "C1")),
+             "figure6": ("trajectory", ("F2", "C1"))}
 
 
 @pytest.fixture()
@@ -18,15 +25,25 @@ def fresh_flags():
     flags.FLAGS.unparse_flags()
 
 
-def test_every_network_has_a_table2_flagfile():
-    assert {f"table2_{n}.flags" for n in NETWORKS} <= {p.name for p in FLAGFILES}
+def test_every_artifact_has_a_paper_and_a_cpu_flagfile_per_network():
+    expected = {f"{art}_{net}{v}.flags" for art, (_, nets) in ARTIFACTS.items() for net in nets
+                for v in ("", "_cpu")}
+    assert expected == {p.name for p in FLAGFILES}
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=lambda p: p.name)
 def test_flagfile_parses(path, fresh_flags):
     fresh_flags(["run_experiments.py", f"--flagfile={path}"])
-    experiment, network = path.stem.split("_")[:2]
-    assert fresh_flags.experiment == experiment and fresh_flags.network == network
-    if not path.stem.endswith("_cpu"):
+    artifact, network = path.stem.split("_")[:2]
+    assert fresh_flags.experiment == ARTIFACTS[artifact][0] and fresh_flags.network == network
+    assert (fresh_flags.sb_batch_size, fresh_flags.lb_batch_size) == ("256", "0.1")
+    if path.stem.endswith("_cpu"):
+        assert fresh_flags.dataset in ("mnist1d", "digits")  # embedded: no download
+    else:
         assert fresh_flags.dataset == PAPER_DATASET[network]
-        assert (fresh_flags.sb_batch_size, fresh_flags.lb_batch_size) == ("256", "0.1")
+        assert list(fresh_flags.epsilons) == ["1e-3", "5e-4"]
+        assert fresh_flags.sharpness_maxiter == 10
+    if artifact == "table3":
+        assert fresh_flags.subspace_dim == 0 and fresh_flags.sharpness
+    if artifact in ("figure3", "figure7"):
+        assert fresh_flags.parametric == ["linear" if artifact == "figure3" else "curvilinear"]

@@ -93,7 +93,7 @@ flags.DEFINE_enum("bn_stats", "recompute", BN_MODES, "BN moving statistics along
 flags.DEFINE_list("batch_sizes", ["256", "512", "1024", "0.05", "0.1", "0.2"],
                   "Batch sizes of --experiment=batch_sweep (integers or fractions).")
 flags.DEFINE_integer("warm_start_epochs", 20, "SB epochs whose iterates start LB runs (paper: "
-                     "100).", lower_bound=0)
+                     "100).", lower_bound=1)
 flags.DEFINE_integer("warm_start_stride", 2, "Start an LB run from every N-th SB iterate.",
                      lower_bound=1)
 flags.DEFINE_integer("trajectory_stride", 2, "Measure every N-th epoch's iterate (and the last).",

@@ -1,0 +1,79 @@
+"""Parametric-plot cost, on F1 with MNIST-sized synthetic data (60000 train, 10000 test).
+
+A point of the plot needs, at the least, one forward pass over each split (train and test) and,
+with BN statistics recomputed, one more forward pass over the training data in training mode.
+The floor is those passes timed bare (a compiled loop of model calls); the figure is lbtf's time
+per point (weights set, statistics re-estimated, both splits evaluated) against it.
+Target: about 1x (at most 1.2x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from lbtf import landscape  # noqa: E402
+from lbtf.data import load_synthetic  # noqa: E402
+from lbtf.models import build_model  # noqa: E402
+from lbtf.objective import EvalSet  # noqa: E402
+
+
+def bare_pass(model, x: np.ndarray, batch: int, training: bool) -> float:
+    """Seconds for one compiled forward pass over x in batches (median of 3, after warm-up)."""
+    chunks = tf.constant(x[: len(x) // batch * batch].reshape(-1, batch, *x.shape[1:]))
+
+    @tf.function(jit_compile=True)
+    def run(xs):
+        total = tf.constant(0.0)
+        for i in tf.range(tf.shape(xs)[0]):
+            total += tf.reduce_sum(model(xs[i], training=training)[:, 0])
+        return total
+
+    run(chunks).numpy()
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        run(chunks).numpy()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--points", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=2048)
+    args = ap.parse_args()
+    data = load_synthetic(shape=(784,), num_classes=10, num_train=60000, num_test=10000, seed=0)
+    keras.utils.set_random_seed(0)
+    model = build_model("F1", input_shape=data.input_shape, num_classes=10)
+    start = landscape.snapshot(model)
+    keras.utils.set_random_seed(1)
+    end = landscape.snapshot(build_model("F1", input_shape=data.input_shape, num_classes=10))
+    floor = (bare_pass(model, data.x_train, args.batch, False)
+             + bare_pass(model, data.x_test, args.batch, False))
+    bn_floor = bare_pass(model, data.x_train, args.batch, True)
+    splits = {"train": EvalSet(data.x_train, data.y_train, args.batch),
+              "test": EvalSet(data.x_test, data.y_test, args.batch)}
+    estimator = landscape.BatchNormEstimator(model, data.x_train, batch_size=args.batch)
+    alphas = np.linspace(-1, 2, args.points)
+    for bn, bare in (("interpolate", floor), ("recompute", floor + bn_floor)):
+        landscape.evaluate_path(model, start, end, alphas[:2], path="linear", splits=splits,
+                                bn=bn, estimator=estimator)  # compile
+        t0 = time.perf_counter()
+        landscape.evaluate_path(model, start, end, alphas, path="linear", splits=splits, bn=bn,
+                                estimator=estimator)
+        per_point = (time.perf_counter() - t0) / len(alphas)
+        print(f"BN {bn:11s}: {per_point:.3f} s per point against a floor of {bare:.3f} s of bare "
+              f"forward passes = {per_point / bare:.2f}x (target <= 1.2x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Figure 4 of Keskar et al.: test accuracy and sharpness of the final iterate against batch size.
+
+Paper artifact -> flags/figure4_<net>.flags -> this module -> lbtf.train.fit, lbtf.sharpness.
+The paper trains every batch size for 100 epochs (--max_epochs=100 with --patience=100).
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import tensorflow as tf
+
+from lbtf import figures, report
+from lbtf.experiments import common, parametric, sharpness
+
+
+def run(flags, log=print):
+    data, strategy, resolved = common.prepare(flags, {s: s for s in flags.batch_sizes})
+    batches = {f"B{b}": b for b in sorted(set(resolved.values()))}
+    run_dir = common.start_run(flags, "batch_sweep")
+    log(f"batch_sweep: {flags.network} on {data.name}, batch sizes "
+        f"{', '.join(str(b) for b in batches.values())}, {flags.trials} trial(s); writing {run_dir}")
+    runs = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
+                                run_dir=run_dir, log=log)
+    accuracy = (runs.groupby("batch_size", sort=True)
+                .agg(train_acc=("train_acc", "mean"), test_acc=("test_acc", "mean"),
+                     test_acc_std=("test_acc", "std"), epochs=("epochs", "mean")).reset_index())
+    found = pd.DataFrame(columns=["batch_size", "space", "epsilon", "value"])
+    if flags.sharpness:
+        log("measuring the sharpness of every final iterate")
+        minimizers = [{"trial": r.trial, "regime": r.regime, "batch_size": r.batch_size,
+                       "checkpoint": parametric.checkpoint_at(r.checkpoint_dir)}
+                      for r in runs.itertuples()]
+        found = sharpness.measure_minimizers(flags, data, minimizers, strategy=strategy, log=log,
+                                             cache_dir=run_dir / "measurements")
+    sharp = found[found.measure == "sharpness"] if "measure" in found else found
+    writer = tf.summary.create_file_writer(str(run_dir / "tb" / "figures"))
+    fig = figures.batch_sweep(accuracy, sharp, title=f"Figure 4: {flags.network} on {data.name}")
+    caption = ("Figure 4: test accuracy of the final iterate (left) and its sharpness (right) "
+               "against the batch size; means over trials.")
+    table = _sweep_table(accuracy, sharp)
+    text = "\n\n".join([
+        f"# Figure 4: accuracy and sharpness against batch size, {flags.network} on {data.name}",
+        f"Adam lr {flags.learning_rate}; {flags.trials} trial(s) per batch size; at most "
+        f"{flags.max_epochs} epochs (patience {flags.patience}). Accuracy in percent.",
+        table, figures.save(fig, run_dir, "figure4_batch_sweep", caption=caption, writer=writer),
+        "## Runs", report.runs_markdown(runs)])
+    results = {"experiment": "batch_sweep", "network": flags.network, "dataset": data.name,
+               "batch_sizes": list(batches.values()),
+               "environment": common.environment(strategy),
+               "accuracy": accuracy.to_dict(orient="records"),
+               "runs": runs.to_dict(orient="records"),
+               "measurements": found.to_dict(orient="records")}
+    common.write_results(run_dir, results, text + "\n")
+    log(f"\n{table}\n\nreport: {run_dir / 'report.md'}")
+    return run_dir
+
+
+def _sweep_table(accuracy: pd.DataFrame, sharp: pd.DataFrame) -> str:
+    """One row per batch size: accuracies and the mean sharpness per (space, eps)."""
+    table = accuracy.copy()
+    for c in ("train_acc", "test_acc", "test_acc_std"):
+        table[c] = 100 * table[c]
+    if len(sharp):
+        wide = sharp.pivot_table(index="batch_size", columns=["space", "epsilon"], values="value",
+                                 aggfunc="mean")
+        wide.columns = [f"sharpness {s} ε={e:g}" for s, e in wide.columns]
+        table = table.merge(wide, left_on="batch_size", right_index=True, how="left")
+    return table.to_markdown(index=False, floatfmt=".4g")

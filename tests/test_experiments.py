@@ -1,0 +1,92 @@
+"""End-to-end runs of the figure experiments at tiny size: batch sweep (Figure 4), warm start
+(Figure 5, restartable), trajectory (Figure 6), and resuming a named table2 run."""
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import run_cli
+
+BASE = ["--mnist1d_samples=500", "--max_epochs=2", "--patience=2", "--trials=1",
+        "--epsilons=1e-3", "--subspace_dim=0", "--sharpness_maxiter=2"]
+
+
+def run_ok(*args):
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def results_of(run) -> dict:
+    return json.loads((run / "results.json").read_text())
+
+
+def test_batch_sweep(data_dir, tmp_path):
+    run_ok("--experiment=batch_sweep", "--batch_sizes=64,0.5,200", f"--data_dir={data_dir}",
+           f"--output_dir={tmp_path}", *BASE)
+    (run,) = tmp_path.iterdir()
+    results = results_of(run)
+    assert results["batch_sizes"] == [64, 200]  # 0.5 of 400 is 200: one run, not two
+    m = pd.DataFrame(results["measurements"])
+    assert sorted(m.batch_size) == [64, 200] and (m.value >= 0).all()
+    assert (run / "figure4_batch_sweep.png").is_file() and (run / "figure4_batch_sweep.pdf").is_file()
+    assert "](figure4_batch_sweep.png)" in (run / "report.md").read_text()
+
+
+def test_warm_start_restart_skips_finished_runs(data_dir, tmp_path):
+    args = ["--experiment=warm_start", "--warm_start_epochs=2", "--warm_start_stride=1",
+            "--run_name=ws", f"--data_dir={data_dir}", f"--output_dir={tmp_path}", *BASE]
+    run_ok(*args)
+    run = tmp_path / "ws"
+    first = results_of(run)
+    assert [r["sb_epoch"] for r in first["piggyback"]] == [0, 1, 2]
+    assert [h["epoch"] for h in first["sb_history"]] == [0, 1, 2]
+    assert len(first["measurements"]) == 3
+    # An interrupted start: one piggyback run and its measurement are missing.
+    (run / "runs" / "LB_from_SB1.json").unlink()
+    (run / "measurements" / "sb_epoch1.json").unlink()
+    (run / "results.json").unlink()
+    proc = run_ok(*args)
+    assert proc.stdout.count("finished earlier, skipped") == 5  # SB, 2 piggybacks, 2 measurements
+    assert "[LB_from_SB1 B=40] epoch   1" in proc.stdout and "[SB B=256]" not in proc.stdout
+    again = results_of(run)
+    # The rerun is deterministic, so the results are those of an uninterrupted run.
+    assert again["piggyback"] == first["piggyback"]
+    assert [m["value"] for m in again["measurements"]] == pytest.approx(
+        [m["value"] for m in first["measurements"]], rel=1e-5)
+    # Other flags for the same run folder are refused, before anything is written.
+    proc = run_cli(*args, "--warm_start_stride=2")
+    assert proc.returncode != 0 and "--warm_start_stride" in proc.stderr
+
+
+def test_trajectory(data_dir, tmp_path):
+    run_ok(*BASE, "--experiment=trajectory", "--trajectory_stride=2", "--max_epochs=3",
+           f"--data_dir={data_dir}", f"--output_dir={tmp_path}")
+    (run,) = tmp_path.iterdir()
+    m = pd.DataFrame(results_of(run)["measurements"])
+    # Epochs 0 and 2 (multiples of the stride) and the last, 3, of both regimes.
+    assert sorted(zip(m.regime, m.epoch, strict=True)) == [
+        ("LB", 0), ("LB", 2), ("LB", 3), ("SB", 0), ("SB", 2), ("SB", 3)]
+    # Both regimes start from the same point, so their epoch-0 sharpness is the same.
+    start = m[m.epoch == 0].set_index("regime").value
+    assert start["SB"] == pytest.approx(start["LB"], rel=1e-6)
+    assert (run / "figure6_sharpness_vs_loss_trial0.png").is_file()
+
+
+def test_named_table2_run_resumes(data_dir, tmp_path):
+    args = [f"--data_dir={data_dir}", f"--output_dir={tmp_path}", "--run_name=t2", *BASE,
+            "--nosharpness", "--parametric=curvilinear", "--parametric_points=3",
+            "--bn_stats=interpolate"]
+    run_ok(*args)
+    run = tmp_path / "t2"
+    first = results_of(run)
+    curve = pd.DataFrame(first["parametric"]["curvilinear"])
+    runs = pd.DataFrame(first["runs"]).set_index("regime")
+    # With interpolated statistics the end points are the minimisers themselves.
+    ends = curve.set_index("alpha")
+    assert ends.train_loss[0.0] == pytest.approx(runs.train_loss["SB"], rel=1e-5)
+    assert ends.train_loss[1.0] == pytest.approx(runs.train_loss["LB"], rel=1e-5)
+    assert (run / "figure7_parametric_curvilinear.pdf").is_file()
+    proc = run_ok(*args)
+    assert proc.stdout.count("finished earlier, skipped") == 2 and "epoch   1" not in proc.stdout
+    assert results_of(run)["runs"] == first["runs"]
