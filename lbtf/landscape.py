@@ -100,7 +100,8 @@ class BatchNormEstimator:
     are weighted by its size. The BN layers' inputs come from a probe model sharing the layers.
     """
 
-    def __init__(self, model: keras.Model, x: np.ndarray, *, batch_size: int = 2048):
+    def __init__(self, model: keras.Model, x: np.ndarray, *, batch_size: int = 2048,
+                 jit_compile: bool = True):
         self.layers = bn_layers(model)
         self.n = len(x)
         b = max(1, min(batch_size, self.n))
@@ -110,7 +111,8 @@ class BatchNormEstimator:
             axes = [[a for a in range(len(lay.input.shape)) if a not in self._channel_axes(lay)]
                     for lay in self.layers]
             self._moments = tf.function(lambda xb: [
-                tf.nn.moments(h, axes=ax) for h, ax in zip(probe(xb, training=True), axes, strict=True)])
+                tf.nn.moments(h, axes=ax) for h, ax in zip(probe(xb, training=True), axes, strict=True)],
+                jit_compile=jit_compile)
 
     @staticmethod
     def _channel_axes(layer) -> set[int]:
@@ -154,13 +156,15 @@ def set_point(model: keras.Model, start: Snapshot, end: Snapshot, c_s: float, c_
 
 def evaluate_path(model: keras.Model, start: Snapshot, end: Snapshot, alphas: Sequence[float], *,
                   path: str, splits: dict[str, EvalSet], bn: str = "recompute",
-                  estimator: BatchNormEstimator | None = None, jit_compile: bool = True,
+                  estimator: BatchNormEstimator | None = None,
+                  evaluate: Callable[[EvalSet], tuple[float, float]] | None = None,
                   log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Loss and accuracy on every split at every alpha of `path` from `start` (alpha 0) to `end`
-    (alpha 1). One row per alpha: alpha, <split>_loss, <split>_acc. The model is left as found."""
+    (alpha 1). One row per alpha: alpha, <split>_loss, <split>_acc. The model is left as found.
+    Pass `evaluate` (objective.make_evaluator of this model) to reuse its compilation."""
     if bn == "recompute" and estimator is None and bn_layers(model):
         raise ValueError("bn='recompute' needs a BatchNormEstimator over training data")
-    evaluate = make_evaluator(model, jit_compile)
+    evaluate = evaluate or make_evaluator(model, jit_compile=True)
     rows = []
     with weights_restored(model):
         for alpha in alphas:

@@ -14,7 +14,7 @@ import tensorflow as tf
 from lbtf import figures, landscape
 from lbtf.experiments import common
 from lbtf.experiments.sharpness import restore
-from lbtf.objective import EvalSet
+from lbtf.objective import EvalSet, make_evaluator
 
 PATH_FIGURES = {"linear": ("figure3_parametric_linear", "Figure 3",
                            "α  (point αx_l + (1 − α)x_s)"),
@@ -67,8 +67,10 @@ def parametric_tables(flags, data, runs: pd.DataFrame, log=print) -> dict[str, p
     splits = {"train": EvalSet(data.x_train, data.y_train, flags.eval_batch_size),
               "test": EvalSet(data.x_test, data.y_test, flags.eval_batch_size)}
     estimator = (landscape.BatchNormEstimator(model, data.x_train,
-                                              batch_size=flags.eval_batch_size)
+                                              batch_size=flags.eval_batch_size,
+                                              jit_compile=flags.jit_compile)
                  if flags.bn_stats == "recompute" else None)
+    evaluate = make_evaluator(model, flags.jit_compile)
     alphas = landscape.default_alphas(flags.parametric_points, flags.alpha_min, flags.alpha_max)
     tables = {}
     for path in flags.parametric:
@@ -76,7 +78,7 @@ def parametric_tables(flags, data, runs: pd.DataFrame, log=print) -> dict[str, p
             f"{flags.bn_stats})")
         tables[path] = landscape.evaluate_path(
             model, snaps["SB"], snaps["LB"], alphas, path=path, splits=splits, bn=flags.bn_stats,
-            estimator=estimator, jit_compile=flags.jit_compile, log=log)
+            estimator=estimator, evaluate=evaluate, log=log)
     return tables
 
 
