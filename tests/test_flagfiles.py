@@ -47,3 +47,5 @@ def test_flagfile_parses(path, fresh_flags):
         assert fresh_flags.subspace_dim == 0 and fresh_flags.sharpness
     if artifact in ("figure3", "figure7"):
         assert fresh_flags.parametric == ["linear" if artifact == "figure3" else "curvilinear"]
+    if artifact in ("figure4", "figure5"):  # long multi-run experiments resume when restarted
+        assert fresh_flags.run_name == path.stem
