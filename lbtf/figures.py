@@ -139,3 +139,39 @@ def sharpness_vs_loss(table: pd.DataFrame, *, title: str) -> plt.Figure:
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     return fig
+
+
+def remedies(runs: pd.DataFrame, sharpness: pd.DataFrame, *, title: str) -> plt.Figure:
+    """Test accuracy and full-space sharpness per regime (bars: mean, whiskers: std)."""
+    order = list(dict.fromkeys(runs.regime))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    acc = runs.groupby("regime").test_acc.agg(["mean", "std"]).reindex(order).fillna(0)
+    top.bar(order, 100 * acc["mean"], yerr=100 * acc["std"], color="tab:blue", capsize=3)
+    top.set(ylabel="Testing accuracy (%)", title=title)
+    top.set_ylim(max(0, 100 * acc["mean"].min() - 10), min(100, 100 * acc["mean"].max() + 5))
+    full = sharpness[sharpness.space == "full"] if len(sharpness) else sharpness
+    if len(full):
+        width = 0.8 / full.epsilon.nunique()
+        for i, (eps, g) in enumerate(full.groupby("epsilon")):
+            s = g.groupby("regime").value.agg(["mean", "std"]).reindex(order)
+            pos = [j + (i - 0.5 * (full.epsilon.nunique() - 1)) * width for j in range(len(order))]
+            bottom.bar(pos, s["mean"], width, yerr=s["std"], capsize=3, label=f"ε={eps:g}")
+        bottom.set_yscale("log")
+        bottom.legend(fontsize=8)
+    bottom.set(ylabel="Sharpness (full space)")
+    bottom.set_xticks(range(len(order)), order, rotation=20)
+    return fig
+
+
+def diffusion(table: pd.DataFrame, *, title: str) -> plt.Figure:
+    """Hoffer et al.'s ultra-slow diffusion: ||w_t - w_0|| against log t, one line per regime.
+    table: regime, diffusion (a list of (step, distance))."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in table.itertuples():
+        if len(r.diffusion):
+            steps, dist = zip(*r.diffusion, strict=True)
+            ax.plot(steps, dist, label=r.regime, color=REGIME_COLORS.get(r.regime))
+    ax.set(xscale="log", xlabel="Training steps t", ylabel="‖w_t − w_0‖", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lbtf import remedies
 from lbtf.data import Dataset
 from lbtf.distribute import split_columns
 from lbtf.errors import UsageError
@@ -36,6 +37,17 @@ class TrainConfig:
     eval_batch_size: int = 2048
     jit_compile: bool = True          # XLA, on a single replica only
     checkpoint_every: int = 1         # epochs; the initial and final weights are always kept
+    # Remedies (lbtf.remedies); all off by default.
+    lr_milestones: tuple[int, ...] = ()  # epochs at which the learning rate is multiplied by
+    lr_decay: float = 0.1                # lr_decay
+    clip_norm: float = 0.0            # clip gradients to this global norm (0: off)
+    sam_rho: float = 0.0              # Sharpness-Aware Minimization radius (0: off)
+    fgsm_epsilon: float = 0.0         # adversarial training with FGSM examples of this size (0: off)
+    conservative_lambda: float = 0.0  # proximal weight of conservative training (0: off)
+    conservative_steps: int = 3       # Adam steps per proximal subproblem
+    augment: bool = False             # on-the-fly image augmentation (Appendix E)
+    diffusion_every: int = 0          # record ||w_t - w_0|| every N steps (0: off)
+    seed: int = 0                     # augmentation seed
 
 
 @dataclasses.dataclass
@@ -44,6 +56,7 @@ class TrainResult:
     stop_reason: str                  # "converged", "max_epochs" or "diverged"
     checkpoint_dir: str | None
     seconds: float
+    diffusion: list[tuple[int, float]] = dataclasses.field(default_factory=list)
 
     @property
     def final(self) -> dict:
@@ -104,17 +117,42 @@ class Trainer:
         single = self.strategy.num_replicas_in_sync == 1
         with self.strategy.scope():
             self.model = build()
-            self.optimizer = keras.optimizers.Adam(config.learning_rate)
+            self.optimizer = keras.optimizers.Adam(self._learning_rate(),
+                                                   global_clipnorm=config.clip_norm or None)
             # Slots must exist before the first traced step: created lazily inside a graph, they
             # break under MirroredStrategy.
             self.optimizer.build(self.model.trainable_variables)
+            self._anchors = ([tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
+                             if config.conservative_lambda else [])
+        self._augment = remedies.augmentation(seed=config.seed) if config.augment else None
+        self._bn_stats = [v for v in self.model.non_trainable_variables
+                          if "moving_" in v.path]  # BN moving statistics, kept by SAM's 2nd pass
         self._fresh_optimizer = [v.numpy() for v in self.optimizer.variables]
         self._x = tf.constant(data.x_train)
         self._y = tf.constant(data.y_train)
-        self._loop = tf.function(self._run_steps, jit_compile=config.jit_compile and single)
+        # Keras' image transforms (ImageProjectiveTransform) have no XLA kernel: augmented training
+        # runs the loop as a plain graph.
+        self._loop = tf.function(self._run_steps,
+                                 jit_compile=config.jit_compile and single and not config.augment)
         self.evaluate = make_evaluator(self.model, config.jit_compile and single)
         self.eval_sets = {"train": EvalSet(data.x_train, data.y_train, config.eval_batch_size),
                           "test": EvalSet(data.x_test, data.y_test, config.eval_batch_size)}
+        self._start_diffusion()
+
+    def _learning_rate(self):
+        """The constant learning rate, or a piecewise-constant schedule over steps."""
+        cfg = self.config
+        if not cfg.lr_milestones:
+            return cfg.learning_rate
+        steps = self.data.num_train // cfg.batch_size
+        return keras.optimizers.schedules.PiecewiseConstantDecay(
+            [m * steps for m in cfg.lr_milestones],
+            [cfg.learning_rate * cfg.lr_decay ** i for i in range(len(cfg.lr_milestones) + 1)])
+
+    def _start_diffusion(self) -> None:
+        self.diffusion: list[tuple[int, float]] = []
+        self._steps_done = 0
+        self._w0 = [v.numpy() for v in self.model.trainable_variables]
 
     def reset(self, variables: Sequence[np.ndarray]) -> None:
         """Restarts from the given model variables (weights, BN statistics, dropout RNG state, in
@@ -123,23 +161,75 @@ class Trainer:
             v.assign(value)
         for v, value in zip(self.optimizer.variables, self._fresh_optimizer, strict=True):
             v.assign(value)
+        self._start_diffusion()
+
+    def _loss(self, xb, yb, training: bool = True) -> tf.Tensor:
+        # Divide this replica's summed loss by the GLOBAL batch: the optimizer sums gradients over
+        # replicas, so the update equals the one-device mean-loss gradient at any replica count.
+        loss = tf.nn.compute_average_loss(per_example_loss(yb, self.model(xb, training=training)),
+                                          global_batch_size=self.config.batch_size)
+        if self.model.losses:
+            loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
+        return loss
+
+    def _gradients(self, xb, yb) -> tuple[list, tf.Tensor]:
+        """Gradients of the (replica's share of the) loss; with FGSM, of the mean of the clean and
+        adversarial losses (Goodfellow et al.), the adversarial batch built from this pass."""
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            with tf.GradientTape() as input_tape:
+                input_tape.watch(xb)
+                loss = self._loss(xb, yb)
+            if self.config.fgsm_epsilon:
+                x_adv = remedies.fgsm_examples(xb, input_tape.gradient(loss, xb),
+                                               self.config.fgsm_epsilon)
+                loss = 0.5 * (loss + self._loss(x_adv, yb))
+            if self._anchors:
+                loss += tf.nn.scale_regularization_loss(remedies.proximal_term(
+                    variables, self._anchors, self.config.conservative_lambda))
+        return tape.gradient(loss, variables), loss
+
+    def _sam_gradients(self, xb, yb, grads: list) -> list:
+        """SAM: the gradient at w + rho g/||g|| (g all-reduced over replicas, so ||g|| is the global
+        batch's). BN: the first pass has updated the moving statistics; the second pass's update is
+        undone, so each step updates them once, from the unperturbed weights."""
+        ctx = tf.distribute.get_replica_context()
+        full = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        eps = remedies.sam_perturbation(full, self.config.sam_rho)
+        variables = self.model.trainable_variables
+        saved = [tf.identity(v) for v in self._bn_stats]
+        for v, e in zip(variables, eps, strict=True):
+            v.assign_add(e)
+        with tf.control_dependencies(saved):
+            with tf.GradientTape() as tape:
+                loss = self._loss(xb, yb)
+            grads = tape.gradient(loss, variables)
+        with tf.control_dependencies(grads):
+            for v, e in zip(variables, eps, strict=True):
+                v.assign_sub(e)
+            for v, s in zip(self._bn_stats, saved, strict=True):
+                v.assign(s)
+        return grads
 
     def _step_fn(self, idx: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
-        """One Adam step on this replica's examples idx[i]."""
+        """One optimizer step on this replica's examples idx[i] (conservative training: one
+        proximal subproblem, `conservative_steps` Adam steps on the same batch)."""
         ids = idx[i]
         xb, yb = tf.gather(self._x, ids), tf.gather(self._y, ids)
-        model = self.model
-        with tf.GradientTape() as tape:
-            probs = model(xb, training=True)
-            # Divide this replica's summed loss by the GLOBAL batch: the optimizer sums gradients
-            # over replicas, so the update equals the one-device mean-loss gradient at any count.
-            loss = tf.nn.compute_average_loss(per_example_loss(yb, probs),
-                                              global_batch_size=self.config.batch_size)
-            if model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
-        grads = tape.gradient(loss, model.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        return loss
+        if self._augment is not None:
+            xb = self._augment(xb, training=True)
+        variables = self.model.trainable_variables
+        if self._anchors:  # x_k of the proximal subproblem
+            for a, v in zip(self._anchors, variables, strict=True):
+                a.assign(v)
+        first = None
+        for _ in range(self.config.conservative_steps if self._anchors else 1):
+            grads, loss = self._gradients(xb, yb)
+            if self.config.sam_rho:
+                grads = self._sam_gradients(xb, yb, grads)
+            self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+            first = loss if first is None else first
+        return first
 
     def _run_steps(self, idx, steps: int) -> tf.Tensor:
         total = tf.constant(0.0)
@@ -151,12 +241,21 @@ class Trainer:
     def train_epoch(self, rng: np.random.Generator) -> tuple[float, int]:
         """One pass over a fresh permutation; returns the mean minibatch loss and the step count."""
         idx = epoch_indices(rng, self.data.num_train, self.config.batch_size)
-        chunk = self.config.steps_per_loop or len(idx)
+        chunk = self.config.diffusion_every or self.config.steps_per_loop or len(idx)
         total = 0.0
         for s in range(0, len(idx), chunk):
             part = tf.constant(idx[s:s + chunk])
             total += float(self._loop(split_columns(self.strategy, part), int(part.shape[0])))
+            self._steps_done += int(part.shape[0])
+            if self.config.diffusion_every:
+                self.diffusion.append((self._steps_done, self.distance_from_start()))
         return total / max(len(idx), 1), len(idx)
+
+    def distance_from_start(self) -> float:
+        """||w - w_0|| over the trainable weights, w_0 those at the last reset."""
+        return float(np.sqrt(sum(np.sum((v.numpy().astype(np.float64) - w0) ** 2)
+                                 for v, w0 in zip(self.model.trainable_variables, self._w0,
+                                                  strict=True))))
 
     def measure(self) -> dict:
         """Training and test loss and accuracy over the whole splits, inference mode."""
@@ -219,7 +318,7 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
     if writer is not None:
         writer.flush()
     return TrainResult(history, reason, str(checkpoint_dir) if checkpoint_dir else None,
-                       time.perf_counter() - start)
+                       time.perf_counter() - start, list(trainer.diffusion))
 
 
 def restore_weights(model: keras.Model, checkpoint: str) -> None:

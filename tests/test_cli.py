@@ -37,6 +37,11 @@ def error_lines(stderr: str) -> list[str]:
     (["--experiment=batch_sweep", "--batch_sizes=64,0"], "positive integer"),
     (["--experiment=warm_start", "--warm_start_epochs=0"], "--warm_start_epochs"),
     (["--run_name=../elsewhere"], "--run_name must be a plain folder name"),
+    (["--augment"], "--augment needs image data"),
+    (["--experiment=remedies", "--remedies=dropout"], "--remedies takes names"),
+    (["--lr_milestones=0,5"], "--lr_milestones takes positive epochs"),
+    (["--bn=layer"], "--bn"),
+    (["--experiment=performance_model", "--perf_processors=1000"], "P < B_l"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_run(args, expect, data_dir, tmp_path):
     out = tmp_path / "runs"

@@ -90,3 +90,26 @@ def test_named_table2_run_resumes(data_dir, tmp_path):
     proc = run_ok(*args)
     assert proc.stdout.count("finished earlier, skipped") == 2 and "epoch   1" not in proc.stdout
     assert results_of(run)["runs"] == first["runs"]
+
+
+def test_remedies_and_performance_model(data_dir, tmp_path):
+    proc = run_ok("--experiment=remedies", "--remedies=ghost,augment,sam", "--ghost_batch_size=16",
+                  f"--data_dir={data_dir}", f"--output_dir={tmp_path}", *BASE)
+    assert "skipping LB+augment" in proc.stdout  # MNIST-1D is not images
+    (run,) = tmp_path.iterdir()
+    results = results_of(run)
+    summary = pd.DataFrame(results["summary"]).set_index("regime")
+    assert list(summary.index) == ["SB", "LB", "LB+ghost", "LB+sam"]
+    assert "sharpness full ε=0.001" in summary and "diffusion slope" in summary
+    runs = pd.DataFrame(results["runs"]).set_index("regime")
+    # LB is 40 examples here: sqrt scaling from B_ref 256 and regime adaptation shorten the budget.
+    assert runs.learning_rate["LB+ghost"] == pytest.approx(1e-3 * (40 / 256) ** 0.5)
+    assert runs.learning_rate["LB"] == 1e-3 and runs.epochs["LB+ghost"] == 1
+    assert len(runs.diffusion["LB"]) > 0
+    assert (run / "remedies.png").is_file() and (run / "diffusion.pdf").is_file()
+    out = tmp_path / "perf"
+    proc = run_ok("--experiment=performance_model", "--lb_batch_size=2560", "--perf_processors=64",
+                  "--perf_sb_iterations=1000", "--perf_lb_iterations=250",
+                  f"--output_dir={out}", f"--data_dir={data_dir}", "--mnist1d_samples=500",
+                  "--perf_num_train=50000")
+    assert "I_l < 500 iterations" in proc.stdout and "speed-up of LB over SB 2x" in proc.stdout

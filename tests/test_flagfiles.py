@@ -15,7 +15,7 @@ ARTIFACTS = {"table2": ("table2", NETWORKS), "table3": ("table2", NETWORKS),
              "table4": ("table2", NETWORKS), "figure2": ("table2", ("F2", "C1")),
              "figure3": ("table2", NETWORKS), "figure7": ("table2", NETWORKS),
              "figure4": ("batch_sweep", ("F2", "C1")), "figure5": ("warm_start", ("F2", "C1")),
-             "figure6": ("trajectory", ("F2", "C1"))}
+             "figure6": ("trajectory", ("F2", "C1")), "remedies": ("remedies", NETWORKS)}
 
 
 @pytest.fixture()

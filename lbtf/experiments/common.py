@@ -18,7 +18,9 @@ from lbtf import runs
 from lbtf.distribute import make_strategy, per_replica_batch
 from lbtf.errors import UsageError
 from lbtf.experiments.flags import module_flags
+from lbtf.layers import norm_layer
 from lbtf.models import build_model, check_compatible
+from lbtf.remedies import adapted_epochs, adapted_milestones, scaled_learning_rate
 from lbtf.train import TrainConfig, Trainer, fit, resolve_batch_size
 
 
@@ -45,6 +47,9 @@ def prepare(flags, batch_specs: dict[str, str]):
     runs.check_writable(flags.output_dir)
     data = load_data(flags)
     check_compatible(flags.network, data.input_shape)
+    if flags.augment and len(data.input_shape) != 3:
+        raise UsageError(f"--augment needs image data, but {data.name}'s inputs have shape "
+                         f"{tuple(data.input_shape)}; use an image dataset or drop --augment")
     strategy = make_strategy(flags.strategy)
     batches = {}
     for regime, spec in batch_specs.items():
@@ -109,20 +114,47 @@ def initial_variables(build, seed: int) -> list:
     return [v.numpy() for v in build().variables]
 
 
-def model_builder(flags, data: data_lib.Dataset) -> Callable[[], keras.Model]:
+def option(flags, name: str, overrides: dict | None = None):
+    """Flag `name`, unless the experiment overrides it for this regime."""
+    return (overrides or {}).get(name, getattr(flags, name))
+
+
+def model_builder(flags, data: data_lib.Dataset,
+                  overrides: dict | None = None) -> Callable[[], keras.Model]:
+    norm = norm_layer(option(flags, "bn", overrides),
+                      virtual_batch_size=option(flags, "ghost_batch_size", overrides))
     return functools.partial(build_model, flags.network, input_shape=data.input_shape,
-                             num_classes=data.num_classes, variant=flags.arch_variant)
+                             num_classes=data.num_classes, variant=flags.arch_variant, norm=norm)
 
 
-def make_trainer(flags, data, strategy, batch: int, **overrides) -> Trainer:
-    """A Trainer with the flags' settings at global batch `batch` (overrides: TrainConfig fields)."""
-    config = dict(batch_size=batch, learning_rate=flags.learning_rate,
-                  max_epochs=flags.max_epochs, patience=flags.patience,
-                  min_delta=flags.min_delta, steps_per_loop=flags.steps_per_loop,
-                  eval_batch_size=flags.eval_batch_size, jit_compile=flags.jit_compile,
-                  checkpoint_every=flags.checkpoint_every)
-    return Trainer(model_builder(flags, data), data, TrainConfig(**{**config, **overrides}),
-                   strategy=strategy)
+def training_config(flags, batch: int, overrides: dict | None = None, **fields) -> TrainConfig:
+    """The TrainConfig of a run at global batch `batch`: the flags (or the regime's overrides of
+    them) with learning-rate scaling and regime adaptation applied; `fields` set config fields."""
+    opt = functools.partial(option, flags, overrides=overrides)
+    ref = opt("lr_reference_batch")
+    epochs, patience = opt("max_epochs"), opt("patience")
+    milestones = [int(m) for m in opt("lr_milestones")]
+    if opt("regime_adaptation"):
+        epochs, patience = adapted_epochs(epochs, batch, ref), adapted_epochs(patience, batch, ref)
+        milestones = adapted_milestones(milestones, batch, ref)
+    config = dict(
+        batch_size=batch, max_epochs=epochs, patience=patience, lr_milestones=tuple(milestones),
+        learning_rate=scaled_learning_rate(opt("learning_rate"), batch, reference=ref,
+                                           rule=opt("lr_scaling")),
+        min_delta=flags.min_delta, steps_per_loop=flags.steps_per_loop,
+        eval_batch_size=flags.eval_batch_size, jit_compile=flags.jit_compile,
+        checkpoint_every=flags.checkpoint_every, seed=flags.seed,
+        **{k: opt(k) for k in ("lr_decay", "clip_norm", "sam_rho", "fgsm_epsilon",
+                               "conservative_lambda", "conservative_steps", "augment",
+                               "diffusion_every")})
+    return TrainConfig(**{**config, **fields})
+
+
+def make_trainer(flags, data, strategy, batch: int, overrides: dict | None = None,
+                 **fields) -> Trainer:
+    """A Trainer at global batch `batch` with the flags' settings (see training_config)."""
+    return Trainer(model_builder(flags, data, overrides), data,
+                   training_config(flags, batch, overrides, **fields), strategy=strategy)
 
 
 def train_from(trainer: Trainer, start: list, **kwargs) -> dict:
@@ -145,19 +177,21 @@ def train_once(trainer: Trainer, *, name: str, run_dir: Path, seed: int, hparams
     final = {k: v for k, v in result.final.items() if k not in ("epoch", "steps")}
     return {"epochs": len(result.history), "stop_reason": result.stop_reason, **final,
             "seconds": result.seconds, "checkpoint_dir": result.checkpoint_dir,
-            "history": result.history}
+            "learning_rate": trainer.config.learning_rate, "history": result.history,
+            "diffusion": result.diffusion}
 
 
 def train_regimes(flags, *, data, strategy, batches: dict[str, int], run_dir: Path,
-                  log=print) -> pd.DataFrame:
+                  log=print, overrides: dict[str, dict] | None = None) -> pd.DataFrame:
     """Every trial of every regime (e.g. SB and LB); returns one row per run, writes history.csv.
 
     Trial t starts every regime from the same seeded initial weights (seed + t), so the distance
     from the starting point is comparable between SB and LB. One Trainer per regime is compiled
     once and reset for each trial. Runs finished by an earlier start of the same run are skipped.
+    `overrides[regime]` replaces flag values for that regime (e.g. a remedy).
     """
     build = model_builder(flags, data)
-    trainers = {regime: make_trainer(flags, data, strategy, batch)
+    trainers = {regime: make_trainer(flags, data, strategy, batch, (overrides or {}).get(regime))
                 for regime, batch in batches.items()}
     finals, histories = [], []
     for trial in range(flags.trials):
@@ -171,7 +205,8 @@ def train_regimes(flags, *, data, strategy, batches: dict[str, int], run_dir: Pa
             record = cached(path, functools.partial(
                 train_from, trainer, start, name=name, run_dir=run_dir, seed=seed, log=log,
                 hparams={"network": flags.network, "dataset": data.name, "regime": regime,
-                         "batch_size": batch, "learning_rate": flags.learning_rate, "seed": seed},
+                         "batch_size": batch, "seed": seed,
+                         "learning_rate": trainer.config.learning_rate},
                 label=f"[trial {trial + 1}/{flags.trials} {regime} B={batch}]"), log=log)
             history = record.pop("history")
             finals.append({"trial": trial, "regime": regime, "batch_size": batch, "seed": seed,

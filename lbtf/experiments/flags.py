@@ -11,9 +11,11 @@ from lbtf.data import LOADERS
 from lbtf.distribute import STRATEGIES
 from lbtf.landscape import BN_MODES, PATHS
 from lbtf.models import NETWORKS, VARIANTS
+from lbtf.remedies import LR_SCALINGS, NORMALIZATIONS
 from lbtf.train import parse_batch_size
 
-EXPERIMENTS = ("table2", "train", "sharpness", "batch_sweep", "warm_start", "trajectory", "info")
+EXPERIMENTS = ("table2", "train", "sharpness", "batch_sweep", "warm_start", "trajectory",
+               "remedies", "performance_model", "info")
 
 # What to run.
 flags.DEFINE_enum("experiment", "table2", EXPERIMENTS,
@@ -22,7 +24,9 @@ flags.DEFINE_enum("experiment", "table2", EXPERIMENTS,
                   "batch size over trials; sharpness: measure --checkpoint; batch_sweep: accuracy "
                   "and sharpness against batch size (Figure 4); warm_start: LB runs started from "
                   "SB iterates (Figure 5); trajectory: sharpness against training loss along SB "
-                  "and LB runs (Figure 6); info: the six networks' sizes.")
+                  "and LB runs (Figure 6); remedies: SB, LB and LB with each remedy (ghost BN + "
+                  "sqrt lr + regime adaptation, augmentation, conservative, adversarial, SAM); "
+                  "performance_model: Appendix C's calculator; info: the six networks' sizes.")
 flags.DEFINE_enum("network", "F1", NETWORKS, "Network of Keskar et al., Appendix B.")
 flags.DEFINE_enum("arch_variant", "paper", VARIANTS,
                   "paper: Appendix B as written; reference: the authors' released code.")
@@ -62,6 +66,49 @@ flags.DEFINE_integer("eval_batch_size", 2048, "Batch for measuring loss and accu
 flags.DEFINE_boolean("jit_compile", True, "Compile the loop with XLA (single replica).")
 flags.DEFINE_integer("checkpoint_every", 1, "Keep the weights every N epochs (0: only the "
                      "initial and final weights).", lower_bound=0)
+# Remedies (Hoffer et al. 2017; Keskar et al. Appendix E; SAM). Off by default; they apply to every
+# run of every training experiment (--experiment=remedies sets them per regime itself).
+flags.DEFINE_enum("bn", "standard", NORMALIZATIONS, "Normalisation in every network: standard "
+                  "Keras BN (per replica under MirroredStrategy), ghost (GhostBatchNormalization, "
+                  "--ghost_batch_size) or sync (statistics over all replicas: true LB statistics).")
+flags.DEFINE_integer("ghost_batch_size", 128, "Ghost batch size of --bn=ghost (Hoffer: 128).",
+                     lower_bound=1)
+flags.DEFINE_enum("lr_scaling", "none", LR_SCALINGS, "Scale --learning_rate with the batch B: "
+                  "none, sqrt (x sqrt(B / B_ref), Hoffer) or linear (x B / B_ref).")
+flags.DEFINE_integer("lr_reference_batch", 256, "B_ref of --lr_scaling and --regime_adaptation.",
+                     lower_bound=1)
+flags.DEFINE_boolean("regime_adaptation", False, "Train longer: multiply --max_epochs, --patience "
+                     "and --lr_milestones by B / B_ref, so LB makes as many updates as B_ref.")
+flags.DEFINE_list("lr_milestones", [], "Epochs at which the learning rate is multiplied by "
+                  "--lr_decay (empty: constant).")
+flags.DEFINE_float("lr_decay", 0.1, "Learning-rate factor at each milestone.", lower_bound=0)
+flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm (0: off; Hoffer: 5).",
+                   lower_bound=0)
+flags.DEFINE_float("sam_rho", 0.0, "Sharpness-Aware Minimization radius rho (0: off; Foret et "
+                   "al.: 0.05).", lower_bound=0)
+flags.DEFINE_float("fgsm_epsilon", 0.0, "Adversarial training on FGSM examples of this max-norm "
+                   "size, in input units (0: off).", lower_bound=0)
+flags.DEFINE_float("conservative_lambda", 0.0, "Conservative training: proximal weight lambda "
+                   "(0: off; Keskar et al.: 1e-3).", lower_bound=0)
+flags.DEFINE_integer("conservative_steps", 3, "Adam steps per proximal subproblem (paper: 3-5).",
+                     lower_bound=1)
+flags.DEFINE_boolean("augment", False, "On-the-fly augmentation of image data: random rotations "
+                     "(10 degrees), translations (10%) and horizontal reflections.")
+flags.DEFINE_integer("diffusion_every", 0, "Record ||w_t - w_0|| every N steps (0: off).",
+                     lower_bound=0)
+flags.DEFINE_list("remedies", ["ghost", "augment", "conservative", "adversarial", "sam"],
+                  "Remedy regimes of --experiment=remedies, beside SB and LB.")
+# Appendix C: the idealised performance model (--experiment=performance_model).
+flags.DEFINE_integer("perf_processors", 8, "P: processors (the model needs P < B_l).",
+                     lower_bound=1)
+flags.DEFINE_float("perf_sb_efficiency", 0.2, "f_s(P): the SB method's parallel efficiency.",
+                   lower_bound=0, upper_bound=1)
+flags.DEFINE_float("perf_sb_iterations", 10000, "I_s: SB iterations to the target accuracy.",
+                   lower_bound=0)
+flags.DEFINE_float("perf_lb_iterations", 0, "I_l: LB iterations (0: report the break-even only).",
+                   lower_bound=0)
+flags.DEFINE_integer("perf_num_train", 0, "Training-set size, to resolve fractional batch sizes "
+                     "(0: the dataset's).", lower_bound=0)
 # Sharpness (Metric 2.1) and curvature.
 flags.DEFINE_boolean("sharpness", True, "Measure every minimiser's sharpness after training.")
 flags.DEFINE_list("epsilons", ["1e-3", "5e-4"], "Box sizes eps of Metric 2.1 (paper: 1e-3, 5e-4).")
@@ -127,6 +174,19 @@ def _valid_batches(values: list[str]) -> bool:
                  "(or nothing)")
 def _valid_paths(values: list[str]) -> bool:
     return all(v in PATHS for v in values)
+
+
+REMEDIES = ("ghost", "augment", "conservative", "adversarial", "sam")
+
+
+@flags.validator("remedies", message=f"--remedies takes names from {', '.join(REMEDIES)}")
+def _valid_remedies(values: list[str]) -> bool:
+    return all(v in REMEDIES for v in values)
+
+
+@flags.validator("lr_milestones", message="--lr_milestones takes positive epochs, e.g. 30,60")
+def _valid_milestones(values: list[str]) -> bool:
+    return all(v.strip().isdigit() and int(v) > 0 for v in values)
 
 
 flags.register_multi_flags_validator(
