@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_sharpness.py
 	$(PY) bench/bench_landscape.py
+	$(PY) bench/bench_remedies.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -199,3 +199,54 @@ def test_performance_model_reproduces_the_papers_example():
     with pytest.raises(ValueError, match="P < B_l"):
         remedies.performance_model(sb_batch=256, lb_batch=64, processors=128, sb_efficiency=0.5,
                                    sb_iterations=10)
+
+
+REPLICA_SCRIPT = """
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import keras, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from lbtf.data import load_synthetic
+from lbtf.layers import norm_layer
+from lbtf.models import build_model
+from lbtf.train import TrainConfig, Trainer
+bn, one_device = sys.argv[1:3]
+data = load_synthetic(shape=(12,), num_classes=3, num_train=256, num_test=64, seed=3)
+mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+out = []
+for strategy, kind in ((mirrored, bn), (tf.distribute.get_strategy(), one_device)):
+    def build(kind=kind):
+        keras.utils.set_random_seed(5)
+        return build_model("F1", input_shape=(12,), num_classes=3,
+                           norm=norm_layer(kind, virtual_batch_size=32))
+    trainer = Trainer(build, data, TrainConfig(batch_size=64, jit_compile=False), strategy=strategy)
+    trainer.train_epoch(np.random.default_rng(0))
+    v = trainer.model.trainable_variables
+    # Biases feeding BN get zero gradient up to round-off (BN removes the mean), which Adam
+    # magnifies into noise-driven steps of size lr: they are left out.
+    out.append({"weights": [x.numpy().tolist() for x in v[:-1] if "bias" not in x.path]
+                + [v[-1].numpy().tolist()],
+                "outputs": trainer.model(data.x_test, training=False).numpy().tolist()})
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("bn,one_device", [("sync", "standard"), ("standard", "ghost")])
+def test_bn_across_two_replicas(bn, one_device):
+    """F1 (with BN) on 2 logical CPUs at global batch 64 against one device: synchronised BN is
+    full-batch BN; Keras' default per-replica BN trains like ghost BN with ghosts of the
+    per-replica 32 (their moving statistics differ: replicas average one update, ghosts chain
+    two). A fresh process each: collectives of two strategies in one process can collide."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", REPLICA_SCRIPT, bn, one_device],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    mirrored, single = json.loads(proc.stdout.strip().splitlines()[-1])
+    for a, b in zip(mirrored["weights"], single["weights"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+    if bn == "sync":
+        np.testing.assert_allclose(mirrored["outputs"], single["outputs"], rtol=1e-4, atol=1e-5)
