@@ -250,3 +250,36 @@ def test_bn_across_two_replicas(bn, one_device):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
     if bn == "sync":
         np.testing.assert_allclose(mirrored["outputs"], single["outputs"], rtol=1e-4, atol=1e-5)
+
+
+def test_sam_updates_bn_statistics_once_per_step():
+    """The moving statistics after a SAM step are those of a plain step: the second (perturbed)
+    pass leaves them alone."""
+    from lbtf.models import build_model
+
+    x = RNG.normal(size=(32, 6)).astype(np.float32)
+    y = RNG.integers(0, 3, size=32).astype(np.int32)
+    data = Dataset("toy", x, y, x, y, 3)
+    stats = []
+    for rho in (0.0, 0.5):
+        def build():
+            keras.utils.set_random_seed(2)
+            return build_model("F1", input_shape=(6,), num_classes=3)
+        trainer = Trainer(build, data, TrainConfig(batch_size=32, sam_rho=rho))
+        trainer.train_epoch(np.random.default_rng(0))
+        stats.append([v.numpy() for v in trainer.model.non_trainable_variables
+                      if "moving_" in v.path])
+    for a, b in zip(*stats, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(stats[0][1], 1.0)  # the statistics did move
+
+
+def test_augmentation_changes_images_only_in_training():
+    from lbtf.data import load_digits
+
+    data = load_digits()
+    augment = remedies.augmentation(seed=0)
+    x = data.x_train[:16]
+    assert augment(x, training=True).shape == x.shape
+    assert not np.allclose(augment(x, training=True), x)
+    np.testing.assert_array_equal(augment(x, training=False), x)
