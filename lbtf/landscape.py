@@ -79,6 +79,11 @@ def bn_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return found
 
 
+def _as_list(outputs) -> list:
+    """A functional model with one output returns a tensor, not a list."""
+    return list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+
+
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     """A point of weight space: trainable weights and BN moving statistics, as NumPy arrays."""
@@ -110,8 +115,9 @@ class BatchNormEstimator:
             probe = keras.Model(model.inputs, [lay.input for lay in self.layers])
             axes = [[a for a in range(len(lay.input.shape)) if a not in self._channel_axes(lay)]
                     for lay in self.layers]
-            self._moments = tf.function(lambda xb: [
-                tf.nn.moments(h, axes=ax) for h, ax in zip(probe(xb, training=True), axes, strict=True)],
+            self._moments = tf.function(
+                lambda xb: [tf.nn.moments(h, axes=ax)
+                            for h, ax in zip(_as_list(probe(xb, training=True)), axes, strict=True)],
                 jit_compile=jit_compile)
 
     @staticmethod

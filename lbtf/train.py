@@ -22,6 +22,7 @@ from lbtf import remedies
 from lbtf.data import Dataset
 from lbtf.distribute import split_columns
 from lbtf.errors import UsageError
+from lbtf.landscape import BatchNormEstimator, bn_layers
 from lbtf.objective import EvalSet, make_evaluator
 from lbtf.objective import default_loss as per_example_loss
 
@@ -47,6 +48,12 @@ class TrainConfig:
     conservative_steps: int = 3       # Adam steps per proximal subproblem
     augment: bool = False             # on-the-fly image augmentation (Appendix E)
     diffusion_every: int = 0          # record ||w_t - w_0|| every N steps (0: off)
+    # BN statistics for evaluation and checkpoints: "recompute" re-estimates them from training
+    # data before each measurement (population statistics, like the paper's Keras-1 BN that used
+    # batch statistics at test time); "moving" keeps Keras' moving averages, which lag far behind
+    # the weights when an epoch has few steps (0.99^90 = 40% weight on the initial values).
+    bn_eval: str = "recompute"
+    bn_eval_examples: int = 10000     # seeded subset of the training set for it (0: all)
     seed: int = 0                     # augmentation seed
 
 
@@ -137,7 +144,21 @@ class Trainer:
         self.evaluate = make_evaluator(self.model, config.jit_compile and single)
         self.eval_sets = {"train": EvalSet(data.x_train, data.y_train, config.eval_batch_size),
                           "test": EvalSet(data.x_test, data.y_test, config.eval_batch_size)}
+        self._bn_estimator = self._make_bn_estimator(config.jit_compile and single)
         self._start_diffusion()
+
+    def _make_bn_estimator(self, jit_compile: bool):
+        cfg = self.config
+        if cfg.bn_eval == "moving" or not bn_layers(self.model):
+            return None
+        if cfg.bn_eval != "recompute":
+            raise ValueError(f"bn_eval must be 'recompute' or 'moving', not {cfg.bn_eval!r}")
+        x = self.data.x_train
+        if cfg.bn_eval_examples and cfg.bn_eval_examples < len(x):
+            keep = np.random.default_rng(cfg.seed).permutation(len(x))[:cfg.bn_eval_examples]
+            x = x[np.sort(keep)]
+        return BatchNormEstimator(self.model, x, batch_size=cfg.eval_batch_size,
+                                  jit_compile=jit_compile)
 
     def _learning_rate(self):
         """The constant learning rate, or a piecewise-constant schedule over steps."""
@@ -258,7 +279,10 @@ class Trainer:
                                                   strict=True))))
 
     def measure(self) -> dict:
-        """Training and test loss and accuracy over the whole splits, inference mode."""
+        """Training and test loss and accuracy over the whole splits, inference mode; with
+        bn_eval='recompute' the BN statistics are re-estimated first (and kept)."""
+        if self._bn_estimator is not None:
+            self._bn_estimator()
         out = {}
         for split, es in self.eval_sets.items():
             out[f"{split}_loss"], out[f"{split}_acc"] = self.evaluate(es)

@@ -88,7 +88,7 @@ def test_learning_rate_scaling_and_regime_adaptation():
         max_epochs=10, patience=3, lr_milestones=["4"], lr_decay=0.1, min_delta=0,
         steps_per_loop=0, eval_batch_size=64, jit_compile=True, checkpoint_every=1, seed=0,
         clip_norm=5.0, sam_rho=0, fgsm_epsilon=0, conservative_lambda=0, conservative_steps=3,
-        augment=False, diffusion_every=0)
+        augment=False, diffusion_every=0, bn_eval="recompute", bn_eval_examples=0)
     config = training_config(flags, 1024)
     assert (config.max_epochs, config.patience, config.lr_milestones) == (40, 12, (16,))
     assert config.learning_rate == pytest.approx(2e-3) and config.clip_norm == 5.0
@@ -222,6 +222,7 @@ for strategy, kind in ((mirrored, bn), (tf.distribute.get_strategy(), one_device
                            norm=norm_layer(kind, virtual_batch_size=32))
     trainer = Trainer(build, data, TrainConfig(batch_size=64, jit_compile=False), strategy=strategy)
     trainer.train_epoch(np.random.default_rng(0))
+    trainer.measure()  # BN statistics re-estimated under the strategy
     v = trainer.model.trainable_variables
     # Biases feeding BN get zero gradient up to round-off (BN removes the mean), which Adam
     # magnifies into noise-driven steps of size lr: they are left out.

@@ -143,7 +143,8 @@ def training_config(flags, batch: int, overrides: dict | None = None, **fields) 
                                            rule=opt("lr_scaling")),
         min_delta=flags.min_delta, steps_per_loop=flags.steps_per_loop,
         eval_batch_size=flags.eval_batch_size, jit_compile=flags.jit_compile,
-        checkpoint_every=flags.checkpoint_every, seed=flags.seed,
+        checkpoint_every=flags.checkpoint_every, seed=flags.seed, bn_eval=flags.bn_eval,
+        bn_eval_examples=flags.bn_eval_examples,
         **{k: opt(k) for k in ("lr_decay", "clip_norm", "sam_rho", "fgsm_epsilon",
                                "conservative_lambda", "conservative_steps", "augment",
                                "diffusion_every")})

@@ -64,6 +64,12 @@ flags.DEFINE_integer("steps_per_loop", 0, "Steps per in-graph loop (0: a whole e
 flags.DEFINE_integer("eval_batch_size", 2048, "Batch for measuring loss and accuracy.",
                      lower_bound=1)
 flags.DEFINE_boolean("jit_compile", True, "Compile the loop with XLA (single replica).")
+flags.DEFINE_enum("bn_eval", "recompute", ["recompute", "moving"], "BN statistics used to "
+                  "evaluate and checkpoint: recompute them from training data before each "
+                  "evaluation (population statistics), or Keras' moving averages, which lag the "
+                  "weights when epochs have few steps.")
+flags.DEFINE_integer("bn_eval_examples", 10000, "Training examples (a seeded subset) for "
+                     "--bn_eval=recompute (0: all).", lower_bound=0)
 flags.DEFINE_integer("checkpoint_every", 1, "Keep the weights every N epochs (0: only the "
                      "initial and final weights).", lower_bound=0)
 # Remedies (Hoffer et al. 2017; Keskar et al. Appendix E; SAM). Off by default; they apply to every
