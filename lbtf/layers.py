@@ -41,17 +41,40 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
         if not (training and self.trainable):
             return super().call(inputs, training=False, mask=mask)
         x = tf.cast(inputs, "float32")
-        mean, var, ghost_of = self._ghost_moments(x)
+        if x.shape[0] is None:  # dynamic batch: per-example ghost indices and segment sums
+            out, mean, var = self._normalize_dynamic(x)
+        else:  # static batch (lbtf's loop): whole ghosts as a reshape, plus a smaller last one
+            out, mean, var = self._normalize_static(x)
         self._update_moving(mean, var)
-        shape = tf.concat([[-1], tf.ones([len(x.shape) - 2], tf.int32), [x.shape[-1]]], 0)
-        m = tf.reshape(tf.gather(mean, ghost_of), shape)
-        v = tf.reshape(tf.gather(var, ghost_of), shape)
-        out = (x - m) * tf.math.rsqrt(v + self.epsilon)
         if self.scale:
             out = out * tf.cast(self.gamma, out.dtype)
         if self.center:
             out = out + tf.cast(self.beta, out.dtype)
         return tf.cast(out, self.compute_dtype)
+
+    def _normalize_static(self, x):
+        n, v = x.shape[0], self.virtual_batch_size
+        full = n // v * v
+        pieces, means, variances = [], [], []
+        for start, size, count in ((0, v, full // v), (full, n - full, 1 if n > full else 0)):
+            if not count:
+                continue
+            g = tf.reshape(x[start:start + size * count], [count, size, *x.shape[1:]])
+            axes = list(range(1, len(g.shape) - 1))
+            mean = tf.reduce_mean(g, axis=axes, keepdims=True)
+            var = tf.reduce_mean(tf.square(g - mean), axis=axes, keepdims=True)
+            pieces.append(tf.reshape((g - mean) * tf.math.rsqrt(var + self.epsilon),
+                                     [size * count, *x.shape[1:]]))
+            means.append(tf.reshape(mean, [count, -1]))
+            variances.append(tf.reshape(var, [count, -1]))
+        return tf.concat(pieces, 0), tf.concat(means, 0), tf.concat(variances, 0)
+
+    def _normalize_dynamic(self, x):
+        mean, var, ghost_of = self._ghost_moments(x)
+        shape = tf.concat([[-1], tf.ones([len(x.shape) - 2], tf.int32), [x.shape[-1]]], 0)
+        m = tf.reshape(tf.gather(mean, ghost_of), shape)
+        v = tf.reshape(tf.gather(var, ghost_of), shape)
+        return (x - m) * tf.math.rsqrt(v + self.epsilon), mean, var
 
     def _ghost_moments(self, x):
         """Per-ghost mean and biased variance [G, C], and each example's ghost index [n]."""

@@ -31,11 +31,15 @@ def numpy_ghost_bn(x: np.ndarray, v: int, momentum=0.99, eps=1e-3):
     return out, mm, mv
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
 @pytest.mark.parametrize("shape,v", [((10, 4), 4), ((11, 3, 3, 2), 5), ((8, 5), 8)])
-def test_ghost_bn_matches_numpy(shape, v):
+def test_ghost_bn_matches_numpy(shape, v, dynamic):
     x = RNG.normal(2, 3, size=shape).astype(np.float32)
     layer = GhostBatchNormalization(virtual_batch_size=v)
-    out = tf.function(lambda t: layer(t, training=True), jit_compile=True)(x).numpy()
+    # A static batch takes the reshape path, an unknown one the segment-sum path.
+    spec = [tf.TensorSpec([None, *shape[1:]])] if dynamic else None
+    out = tf.function(lambda t: layer(t, training=True), jit_compile=not dynamic,
+                      input_signature=spec)(x).numpy()
     ref, mm, mv = numpy_ghost_bn(x, v)
     np.testing.assert_allclose(out, ref, atol=2e-5)
     np.testing.assert_allclose(layer.moving_mean.numpy(), mm, atol=1e-6)
