@@ -138,3 +138,11 @@ def distance_markdown(table: pd.DataFrame) -> str:
     return (shown.to_markdown(index=False, floatfmt=".4g") +
             f"\n\nRatio ‖x_s − x_0‖ / ‖x_l − x_0‖: {fmt(m, s)} over trials (the paper reports 3 "
             "to 10). Both regimes of a trial start from the same x_0.")
+
+
+def sharpness_columns(sharpness: pd.DataFrame, index: str) -> pd.DataFrame:
+    """Mean sharpness per `index` value, one column per (space, eps), for joining to a table."""
+    wide = sharpness.pivot_table(index=index, columns=["space", "epsilon"], values="value",
+                                 aggfunc="mean")
+    wide.columns = [f"sharpness {s} ε={e:g}" for s, e in wide.columns]
+    return wide

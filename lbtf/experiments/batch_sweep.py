@@ -61,8 +61,6 @@ def _sweep_table(accuracy: pd.DataFrame, sharp: pd.DataFrame) -> str:
     for c in ("train_acc", "test_acc", "test_acc_std"):
         table[c] = 100 * table[c]
     if len(sharp):
-        wide = sharp.pivot_table(index="batch_size", columns=["space", "epsilon"], values="value",
-                                 aggfunc="mean")
-        wide.columns = [f"sharpness {s} ε={e:g}" for s, e in wide.columns]
-        table = table.merge(wide, left_on="batch_size", right_index=True, how="left")
+        table = table.merge(report.sharpness_columns(sharp, "batch_size"), left_on="batch_size",
+                            right_index=True, how="left")
     return table.to_markdown(index=False, floatfmt=".4g")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 import tensorflow as tf
 
-from lbtf import figures
+from lbtf import figures, report
 from lbtf.experiments import common, parametric, sharpness
 
 
@@ -86,9 +86,8 @@ def _write(flags, data, strategy, run_dir, table, found, sb_history, log) -> Non
                "the epoch of SB training.")
     shown = table.drop(columns="checkpoint")
     if len(sharp):
-        wide = sharp.pivot_table(index="sb_epoch", columns=["space", "epsilon"], values="value")
-        wide.columns = [f"sharpness {s} ε={e:g}" for s, e in wide.columns]
-        shown = shown.merge(wide, left_on="sb_epoch", right_index=True, how="left")
+        shown = shown.merge(report.sharpness_columns(sharp, "sb_epoch"), left_on="sb_epoch",
+                            right_index=True, how="left")
     text = "\n\n".join([
         f"# Figure 5: warm-started LB runs, {flags.network} on {data.name}",
         f"SB trained {len(sb_history) - 1} epochs; an LB run (at most {flags.max_epochs} epochs, "
