@@ -132,8 +132,9 @@ class Trainer:
             self._anchors = ([tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
                              if config.conservative_lambda else [])
         self._augment = remedies.augmentation(seed=config.seed) if config.augment else None
-        self._bn_stats = [v for v in self.model.non_trainable_variables
-                          if "moving_" in v.path]  # BN moving statistics, kept by SAM's 2nd pass
+        # BN moving statistics, kept by SAM's second pass.
+        self._bn_stats = [v for lay in bn_layers(self.model)
+                          for v in (lay.moving_mean, lay.moving_variance)]
         self._fresh_optimizer = [v.numpy() for v in self.optimizer.variables]
         self._x = tf.constant(data.x_train)
         self._y = tf.constant(data.y_train)
