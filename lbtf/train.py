@@ -9,6 +9,7 @@ a seeded permutation, so no input pipeline sits between steps.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -62,8 +63,9 @@ class TrainResult:
     history: list[dict]
     stop_reason: str                  # "converged", "max_epochs" or "diverged"
     checkpoint_dir: str | None
-    seconds: float
+    seconds: float                    # including earlier, interrupted starts of the run
     diffusion: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    resumed_from: int = 0             # epoch restored from a checkpoint (0: started afresh)
 
     @property
     def final(self) -> dict:
@@ -132,6 +134,8 @@ class Trainer:
             self._anchors = ([tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
                              if config.conservative_lambda else [])
         self._augment = remedies.augmentation(seed=config.seed) if config.augment else None
+        # w_0 of ||w_t - w_0||, kept as variables so a resumed run measures from the same start.
+        self._w0 = [tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
         # BN moving statistics, kept by SAM's second pass.
         self._bn_stats = [v for lay in bn_layers(self.model)
                           for v in (lay.moving_mean, lay.moving_variance)]
@@ -174,7 +178,25 @@ class Trainer:
     def _start_diffusion(self) -> None:
         self.diffusion: list[tuple[int, float]] = []
         self._steps_done = 0
-        self._w0 = [v.numpy() for v in self.model.trainable_variables]
+        for w0, v in zip(self._w0, self.model.trainable_variables, strict=True):
+            w0.assign(v)
+
+    def trackables(self) -> dict:
+        """Everything a resumed run needs besides the Python state: weights, BN statistics, Adam's
+        slots and step, w_0, and the dropout and augmentation RNG states (Keras' seed generators,
+        which `tf.train.Checkpoint(model=...)` does not save)."""
+        weights = {id(v) for v in self.model.weights}
+        seeds = [v for v in self.model.variables if id(v) not in weights]
+        seeds += list(self._augment.variables) if self._augment is not None else []
+        return {"model": self.model, "optimizer": self.optimizer, "start": self._w0,
+                "seeds": seeds}
+
+    def progress(self) -> dict:
+        return {"steps_done": self._steps_done, "diffusion": self.diffusion}
+
+    def set_progress(self, *, steps_done: int, diffusion: list) -> None:
+        self._steps_done = steps_done
+        self.diffusion = [tuple(d) for d in diffusion]
 
     def reset(self, variables: Sequence[np.ndarray]) -> None:
         """Restarts from the given model variables (weights, BN statistics, dropout RNG state, in
@@ -275,7 +297,7 @@ class Trainer:
 
     def distance_from_start(self) -> float:
         """||w - w_0|| over the trainable weights, w_0 those at the last reset."""
-        return float(np.sqrt(sum(np.sum((v.numpy().astype(np.float64) - w0) ** 2)
+        return float(np.sqrt(sum(np.sum((v.numpy().astype(np.float64) - w0.numpy()) ** 2)
                                  for v, w0 in zip(self.model.trainable_variables, self._w0,
                                                   strict=True))))
 
@@ -299,51 +321,123 @@ def _log_scalars(writer, row: dict, epoch: int) -> None:
                 tf.summary.scalar(k, v)
 
 
+class RunState(tf.train.experimental.PythonState):
+    """The Python side of a run (history, shuffling RNG, diffusion record, elapsed time), saved
+    inside the resume checkpoint so that it can never disagree with the weights beside it."""
+
+    def __init__(self):
+        self.value: dict = {}
+
+    def serialize(self) -> str:
+        return json.dumps(self.value)
+
+    def deserialize(self, string_value) -> None:
+        self.value = json.loads(string_value)
+
+
+class Checkpoints:
+    """A run's checkpoints. weights-<epoch>: the model only, the iterates measurement code loads.
+    resume/ckpt-<epoch>: the model, Adam's state, RNG states and the RunState; only the latest is
+    kept. Resuming reads `directory`; saves go to `save_dir` (default: the same). In a
+    multi-worker job every worker resumes from the chief's folder and only the chief saves there.
+    """
+
+    def __init__(self, trainer: Trainer, directory: str | Path, *, save_dir: str | Path | None = None):
+        save = Path(save_dir or directory)
+        self.directory = Path(directory)
+        self.state = RunState()
+        self._full = tf.train.Checkpoint(**trainer.trackables(), state=self.state)
+        self._weights = tf.train.CheckpointManager(tf.train.Checkpoint(model=trainer.model),
+                                                   str(save), max_to_keep=None,
+                                                   checkpoint_name="weights")
+        self._resume = tf.train.CheckpointManager(self._full, str(save / "resume"), max_to_keep=1,
+                                                  checkpoint_name="ckpt")
+
+    def restore(self) -> tuple[str, dict] | None:
+        """(checkpoint, run state) of the latest resume checkpoint, restored; None if none."""
+        latest = tf.train.latest_checkpoint(str(self.directory / "resume"))
+        if latest is None:
+            return None
+        try:
+            self._full.restore(latest).assert_consumed()
+        except (tf.errors.OpError, ValueError, AssertionError) as e:
+            raise UsageError(f"cannot resume from {latest} ({str(e).splitlines()[0][:120]}); "
+                             f"delete {self.directory} to start that run afresh") from None
+        return latest, self.state.value
+
+    def save_weights(self, epoch: int) -> None:
+        self._weights.save(checkpoint_number=epoch)
+
+    def save_state(self, epoch: int, state: dict) -> None:
+        self.state.value = state
+        self._resume.save(checkpoint_number=epoch)
+
+
+def _epoch(trainer: Trainer, rng: np.random.Generator, epoch: int) -> dict:
+    t0 = time.perf_counter()
+    batch_loss, steps = trainer.train_epoch(rng)
+    return {"epoch": epoch, "steps": steps, "minibatch_loss": batch_loss, **trainer.measure(),
+            "seconds": time.perf_counter() - t0}
+
+
+def _stop_reason(history: list[dict], cfg: TrainConfig) -> str | None:
+    row = history[-1]
+    if not all(math.isfinite(row[k]) for k in ("minibatch_loss", "train_loss")):
+        return "diverged"
+    if should_stop([h["train_loss"] for h in history], patience=cfg.patience,
+                   min_delta=cfg.min_delta):
+        return "converged"
+    return "max_epochs" if row["epoch"] >= cfg.max_epochs else None
+
+
 def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = None,
-        writer=None, log: Callable[[str], None] = print, label: str = "") -> TrainResult:
+        save_dir: str | Path | None = None, writer=None, log: Callable[[str], None] = print,
+        label: str = "") -> TrainResult:
     """Trains until the training loss stops improving (or max_epochs, or a non-finite loss).
 
     The training loss that drives stopping is measured over the whole training set after each
     epoch, in inference mode, like the accuracies the paper reports. `seed` drives the shuffling.
-    The run starts from the trainer's current weights. Weights are checkpointed at
-    epoch 0 (the starting point), every `checkpoint_every` epochs and at the end, named by epoch.
+    The run starts from the trainer's current weights. Weights are checkpointed at epoch 0 (the
+    starting point), every `checkpoint_every` epochs and at the end; a resume checkpoint after
+    every epoch. When `checkpoint_dir` holds one, the run continues from it: with deterministic
+    ops it ends exactly as an uninterrupted run. A diverged run (non-finite loss) stops without
+    saving its non-finite weights, so the latest weights checkpoint is its last finite iterate.
     """
     cfg = trainer.config
     rng = np.random.default_rng(seed)
-    manager = None
-    if checkpoint_dir is not None:
-        ckpt = tf.train.Checkpoint(model=trainer.model)
-        manager = tf.train.CheckpointManager(ckpt, str(checkpoint_dir), max_to_keep=None,
-                                             checkpoint_name="weights")
-        manager.save(checkpoint_number=0)
-    history: list[dict] = []
-    reason = "max_epochs"
-    start = time.perf_counter()
-    for epoch in range(1, cfg.max_epochs + 1):
-        t0 = time.perf_counter()
-        batch_loss, steps = trainer.train_epoch(rng)
-        row = {"epoch": epoch, "steps": steps, "minibatch_loss": batch_loss, **trainer.measure(),
-               "seconds": time.perf_counter() - t0}
-        history.append(row)
-        _log_scalars(writer, row, epoch)
-        log(f"{label} epoch {epoch:3d}  train loss {row['train_loss']:.4f} acc "
+    ckpts = Checkpoints(trainer, checkpoint_dir, save_dir=save_dir) if checkpoint_dir else None
+    history, reason, elapsed, resumed = [], None, 0.0, 0
+    restored = ckpts.restore() if ckpts else None
+    if restored:
+        path, state = restored
+        history, reason, elapsed = state["history"], state["stop_reason"], state["seconds"]
+        rng.bit_generator.state = state["rng"]
+        trainer.set_progress(steps_done=state["steps_done"], diffusion=state["diffusion"])
+        resumed = len(history)
+        log(f"{label} resumed after epoch {resumed} from {path}")
+    elif ckpts:
+        ckpts.save_weights(0)
+    start = time.perf_counter() - elapsed
+    while reason is None:
+        history.append(_epoch(trainer, rng, len(history) + 1))
+        row, reason = history[-1], _stop_reason(history, cfg)
+        _log_scalars(writer, row, row["epoch"])
+        log(f"{label} epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc "
             f"{100 * row['train_acc']:6.2f}%  test loss {row['test_loss']:.4f} acc "
-            f"{100 * row['test_acc']:6.2f}%  ({row['seconds']:.1f}s)")
-        losses = [h["train_loss"] for h in history]
-        if not math.isfinite(row["train_loss"]):
-            reason = "diverged"
-        elif should_stop(losses, patience=cfg.patience, min_delta=cfg.min_delta):
-            reason = "converged"
-        last = reason != "max_epochs" or epoch == cfg.max_epochs
-        if manager is not None and (last or (cfg.checkpoint_every and
-                                             epoch % cfg.checkpoint_every == 0)):
-            manager.save(checkpoint_number=epoch)
-        if last:
-            break
+            f"{100 * row['test_acc']:6.2f}%  ({row['seconds']:.1f}s)"
+            + ("  DIVERGED: non-finite loss" if reason == "diverged" else ""))
+        if ckpts is None:
+            continue
+        keep = reason is not None or (cfg.checkpoint_every and row["epoch"] % cfg.checkpoint_every == 0)
+        if keep and reason != "diverged":
+            ckpts.save_weights(row["epoch"])
+        ckpts.save_state(row["epoch"], {
+            "history": history, "stop_reason": reason, "rng": rng.bit_generator.state,
+            "seconds": time.perf_counter() - start, **trainer.progress()})
     if writer is not None:
         writer.flush()
     return TrainResult(history, reason, str(checkpoint_dir) if checkpoint_dir else None,
-                       time.perf_counter() - start, list(trainer.diffusion))
+                       time.perf_counter() - start, list(trainer.diffusion), resumed)
 
 
 def restore_weights(model: keras.Model, checkpoint: str) -> None:

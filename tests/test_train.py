@@ -184,3 +184,61 @@ def test_results_json_is_strict(tmp_path):
     text = (tmp_path / "r.json").read_text()
     assert json.loads(text) == {"loss": None, "acc": 0.5, "w": [0, 1], "pair": [1, None]}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left
+
+
+def dropout_bn_net(seed=0):
+    """BN, dropout and a learning-rate schedule: everything a resumed run must restore."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((12,)), keras.layers.Dense(16, activation="relu"),
+                             keras.layers.BatchNormalization(), keras.layers.Dropout(0.3),
+                             keras.layers.Dense(3, activation="softmax")])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_fit_resumes_to_the_same_result(tmp_path):
+    cfg = TrainConfig(batch_size=32, max_epochs=5, patience=10, lr_milestones=(3,),
+                      diffusion_every=4)
+    full = fit(Trainer(dropout_bn_net, DATA, cfg), seed=3, checkpoint_dir=tmp_path / "a",
+               log=lambda s: None)
+
+    def crash_in_epoch_3(line):
+        if "epoch   3" in line:  # after training epoch 3, before its checkpoint
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        fit(Trainer(dropout_bn_net, DATA, cfg), seed=3, checkpoint_dir=tmp_path / "b",
+            log=crash_in_epoch_3)
+    lines = []
+    fresh = Trainer(lambda: dropout_bn_net(seed=9), DATA, cfg)  # other weights: all restored
+    resumed = fit(fresh, seed=3, checkpoint_dir=tmp_path / "b", log=lines.append)
+    assert resumed.resumed_from == 2 and "resumed after epoch 2" in lines[0]
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4, 5]
+    drop = ("seconds",)
+    strip = lambda h: [{k: v for k, v in r.items() if k not in drop} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(full.history)
+    assert resumed.diffusion == full.diffusion and resumed.stop_reason == full.stop_reason
+    a = tf.train.load_checkpoint(str(tmp_path / "a" / "weights-5"))
+    b = tf.train.load_checkpoint(str(tmp_path / "b" / "weights-5"))
+    for name in a.get_variable_to_shape_map():
+        if name.endswith("VARIABLE_VALUE") and "save_counter" not in name:
+            np.testing.assert_array_equal(a.get_tensor(name), b.get_tensor(name), err_msg=name)
+    # A finished run is not trained again.
+    again = fit(Trainer(dropout_bn_net, DATA, cfg), seed=3, checkpoint_dir=tmp_path / "b",
+                log=lambda s: None)
+    assert again.resumed_from == 5 and strip(again.history) == strip(full.history)
+
+
+def test_a_diverged_run_stops_and_keeps_its_finite_checkpoints(tmp_path):
+    # Two sane epochs, then a learning rate of 1e37 overflows the weights.
+    cfg = TrainConfig(batch_size=32, max_epochs=6, patience=10, learning_rate=1e-3,
+                      lr_milestones=(2,), lr_decay=1e40)
+    lines = []
+    result = fit(Trainer(mlp, DATA, cfg), checkpoint_dir=tmp_path, log=lines.append)
+    assert result.stop_reason == "diverged" and len(result.history) == 3
+    assert "DIVERGED" in lines[-1] and np.isfinite(result.history[1]["train_loss"])
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("weights-2")
+    model = mlp()
+    restore_weights(model, str(tmp_path / "weights-2"))
+    assert all(np.isfinite(v).all() for v in values(model))

@@ -21,6 +21,7 @@ def run(flags, log=print):
         f"{', '.join(str(b) for b in batches.values())}, {flags.trials} trial(s); writing {run_dir}")
     runs = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
                                 run_dir=run_dir, log=log)
+    all_runs, runs = runs, common.without_diverged(runs, log)
     accuracy = (runs.groupby("batch_size", sort=True)
                 .agg(train_acc=("train_acc", "mean"), test_acc=("test_acc", "mean"),
                      test_acc_std=("test_acc", "std"), epochs=("epochs", "mean")).reset_index())
@@ -43,12 +44,13 @@ def run(flags, log=print):
         f"Adam lr {flags.learning_rate}; {flags.trials} trial(s) per batch size; at most "
         f"{flags.max_epochs} epochs (patience {flags.patience}). Accuracy in percent.",
         table, figures.save(fig, run_dir, "figure4_batch_sweep", caption=caption, writer=writer),
-        "## Runs", report.runs_markdown(runs)])
+        "## Runs", report.runs_markdown(all_runs)])
     results = {"experiment": "batch_sweep", "network": flags.network, "dataset": data.name,
                "batch_sizes": list(batches.values()),
                "environment": common.environment(strategy),
                "accuracy": accuracy.to_dict(orient="records"),
-               "runs": runs.to_dict(orient="records"),
+               "runs": all_runs.to_dict(orient="records"),
+               "diverged": common.diverged_names(all_runs),
                "measurements": found.to_dict(orient="records")}
     common.write_results(run_dir, results, text + "\n")
     log(f"\n{table}\n\nreport: {run_dir / 'report.md'}")

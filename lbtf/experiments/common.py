@@ -218,6 +218,21 @@ def train_regimes(flags, *, data, strategy, batches: dict[str, int], run_dir: Pa
     return pd.DataFrame(finals)
 
 
+def without_diverged(runs: pd.DataFrame, log=print) -> pd.DataFrame:
+    """The runs that did not diverge. A diverged run (non-finite loss) keeps its record, history
+    and checkpoints up to its last finite iterate, and the rest of the experiment goes on; it is
+    left out of the summaries and measurements, and named in the log and in results.json."""
+    bad = runs.stop_reason == "diverged"
+    for r in runs[bad].itertuples():
+        log(f"  trial {r.trial} {r.regime}: diverged (non-finite loss) in epoch {r.epochs}; "
+            "left out of the summaries and measurements")
+    return runs[~bad]
+
+
+def diverged_names(runs: pd.DataFrame) -> list[str]:
+    return [f"trial{r.trial}_{r.regime}" for r in runs.itertuples() if r.stop_reason == "diverged"]
+
+
 def write_results(run_dir: Path, results: dict, report: str) -> None:
     """results.json last: its presence marks a finished run."""
     runs.atomic_write_text(run_dir / "report.md", report)

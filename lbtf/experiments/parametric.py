@@ -62,6 +62,9 @@ def parametric_tables(flags, data, runs: pd.DataFrame, log=print) -> dict[str, p
     if not flags.parametric:
         return {}
     g = runs[runs.trial == flags.parametric_trial].set_index("regime")
+    if not {"SB", "LB"} <= set(g.index):
+        log(f"no parametric plot: a run of trial {flags.parametric_trial} diverged")
+        return {}
     model, snaps = snapshots(flags, data, {r: checkpoint_at(g.checkpoint_dir[r])
                                            for r in ("SB", "LB")})
     splits = {"train": EvalSet(data.x_train, data.y_train, flags.eval_batch_size),

@@ -56,6 +56,7 @@ def run(flags, log=print):
         f"{flags.trials} trial(s); writing {run_dir}")
     runs = common.train_regimes(flags, data=data, strategy=strategy, batches=sizes,
                                 run_dir=run_dir, log=log, overrides=options)
+    all_runs, runs = runs, common.without_diverged(runs, log)
     found = pd.DataFrame(columns=["regime", "measure", "space", "epsilon", "value"])
     if flags.sharpness:
         log("measuring the sharpness of every minimiser")
@@ -64,18 +65,24 @@ def run(flags, log=print):
                            "checkpoint": parametric.checkpoint_at(r.checkpoint_dir)}
                           for r in runs.itertuples()],
             strategy=strategy, log=log, cache_dir=run_dir / "measurements")
-    summary = summarize(runs, found)
-    _write(flags, data, strategy, run_dir, runs, found, summary, options, log)
+    summary = summarize(all_runs, found)
+    _write(flags, data, strategy, run_dir, all_runs, found, summary, options, log)
     return run_dir
 
 
 def summarize(runs: pd.DataFrame, found: pd.DataFrame) -> pd.DataFrame:
     """One row per regime: accuracies, gap, sharpness per (space, eps) and diffusion slope, as
-    'mean ± std' strings over trials."""
+    'mean ± std' strings over the trials that did not diverge, and how many did."""
     rows = []
-    for regime, g in runs.groupby("regime", sort=False):
-        row = {"regime": regime, "batch": int(g.batch_size.iloc[0]),
-               "lr": f"{g.learning_rate.iloc[0]:.3g}", "epochs": f"{g.epochs.mean():.0f}"}
+    for regime, everything in runs.groupby("regime", sort=False):
+        g = everything[everything.stop_reason != "diverged"]
+        row = {"regime": regime, "batch": int(everything.batch_size.iloc[0]),
+               "lr": f"{everything.learning_rate.iloc[0]:.3g}",
+               "diverged": f"{len(everything) - len(g)}/{len(everything)}"}
+        rows.append(row)
+        if g.empty:
+            continue
+        row["epochs"] = f"{g.epochs.mean():.0f}"
         for name, values in (("test acc", 100 * g.test_acc), ("train acc", 100 * g.train_acc),
                              ("gap", 100 * (g.train_acc - g.test_acc))):
             row[name] = report.fmt(*report.mean_std(values))
@@ -86,11 +93,11 @@ def summarize(runs: pd.DataFrame, found: pd.DataFrame) -> pd.DataFrame:
         slopes = [diffusion_fit(*zip(*d, strict=True))["slope"] for d in g.diffusion if len(d) > 1]
         if slopes:
             row["diffusion slope"] = report.fmt(*report.mean_std(pd.Series(slopes)), digits=3)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).fillna("–")
 
 
-def _write(flags, data, strategy, run_dir, runs, found, summary, options, log) -> None:
+def _write(flags, data, strategy, run_dir, all_runs, found, summary, options, log) -> None:
+    runs = all_runs[all_runs.stop_reason != "diverged"]
     writer = tf.summary.create_file_writer(str(run_dir / "tb" / "figures"))
     caption = ("Test accuracy (above) and full-space sharpness (below) per regime, mean and "
                "standard deviation over trials.")
@@ -110,11 +117,12 @@ def _write(flags, data, strategy, run_dir, runs, found, summary, options, log) -
         figures.save(fig, run_dir, "remedies", caption=caption, writer=writer),
         figures.save(fig2, run_dir, "diffusion", writer=writer,
                      caption="‖w_t − w_0‖ against training steps (log scale), trial 0."),
-        "## Runs", report.runs_markdown(runs)])
+        "## Runs", report.runs_markdown(all_runs)])
     results = {"experiment": "remedies", "network": flags.network, "dataset": data.name,
                "environment": common.environment(strategy), "regimes": options,
                "summary": summary.to_dict(orient="records"),
-               "runs": runs.to_dict(orient="records"),
+               "runs": all_runs.to_dict(orient="records"),
+               "diverged": common.diverged_names(all_runs),
                "measurements": found.to_dict(orient="records")}
     common.write_results(run_dir, results, text + "\n")
     log(f"\n{table}\n\nreport: {run_dir / 'report.md'}")

@@ -29,6 +29,7 @@ def run(flags, log=print):
         f"{flags.trials} trials, {strategy.num_replicas_in_sync} replica(s); writing {run_dir}")
     runs = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
                                 run_dir=run_dir, log=log)
+    all_runs, runs = runs, common.without_diverged(runs, log)
     summary = report.accuracy_summary(runs)
     table = report.table2_markdown(summary, network=flags.network, dataset=data.name)
     summaries, details, measurements = [], [], []
@@ -58,7 +59,7 @@ def run(flags, log=print):
         f"training loss stopped improving by {flags.min_delta} for {flags.patience} epochs "
         f"(at most {flags.max_epochs}). Accuracy in percent, mean ± std over trials. The paper "
         f"row is for {report.PAPER_DATASET_NOTE.get(flags.network, 'its own dataset')}.",
-        table, *summaries, *distance, *plots, *details, "## Runs", report.runs_markdown(runs),
+        table, *summaries, *distance, *plots, *details, "## Runs", report.runs_markdown(all_runs),
         "Per-epoch curves: `history.csv`; TensorBoard: `tensorboard --logdir "
         f"{run_dir / 'tb'}`; weights of every epoch: `checkpoints/`."])
     results = {"experiment": "table2", "network": flags.network, "variant": flags.arch_variant,
@@ -66,7 +67,8 @@ def run(flags, log=print):
                "environment": common.environment(strategy),
                "summary": summary.to_dict(orient="records"),
                "paper": report.PAPER_TABLE2.get(flags.network),
-               "runs": runs.to_dict(orient="records"), "measurements": measurements,
+               "runs": all_runs.to_dict(orient="records"),
+               "diverged": common.diverged_names(all_runs), "measurements": measurements,
                "distances": dist.to_dict(orient="records"),
                "parametric": {p: t.to_dict(orient="records") for p, t in tables.items()},
                "bn_stats": flags.bn_stats}
@@ -79,6 +81,8 @@ def run(flags, log=print):
 def sharpness_sections(found, flags, dataset: str) -> tuple[list[str], list[str]]:
     """Report sections: the summaries (Tables 3 and 4, the Hessian cross-check), also printed at
     the end of the run, and the details (every measurement)."""
+    if found.empty:
+        return ["## Tables 3 and 4", "Nothing measured: every run diverged."], []
     how = (f"Metric 2.1 of the final weights, {flags.sharpness_maxiter} L-BFGS-B iterations, f the "
            f"mean training loss over {found.num_examples.iloc[0]} training examples in inference "
            "mode; mean ± std over trials. Every measurement with its optimiser status is in "

@@ -15,15 +15,17 @@ def run(flags, log=print):
         f"trials; writing {run_dir}")
     runs = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
                                 run_dir=run_dir, log=log)
+    all_runs, runs = runs, common.without_diverged(runs, log)
     summary = report.accuracy_summary(runs)
     text = "\n\n".join([f"# {flags.network} on {data.name}, batch {batches[regime]}",
                         summary.to_markdown(index=False, floatfmt=".2f"),
-                        "## Runs", report.runs_markdown(runs)])
+                        "## Runs", report.runs_markdown(all_runs)])
     results = {"experiment": "train", "network": flags.network, "variant": flags.arch_variant,
                "dataset": data.name, "batch_size": batches[regime],
                "environment": common.environment(strategy),
                "summary": summary.to_dict(orient="records"),
-               "runs": runs.to_dict(orient="records")}
+               "runs": all_runs.to_dict(orient="records"),
+               "diverged": common.diverged_names(all_runs)}
     common.write_results(run_dir, results, text + "\n")
     log(f"\n{text}\n\nreport: {run_dir / 'report.md'}")
     return run_dir

@@ -33,6 +33,7 @@ def run(flags, log=print):
         f"writing {run_dir}")
     runs = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
                                 run_dir=run_dir, log=log)
+    all_runs, runs = runs, common.without_diverged(runs, log)
     minimizers = [{"trial": r.trial, "regime": r.regime, "epoch": epoch, "checkpoint": ckpt}
                   for r in runs.itertuples()
                   for epoch, ckpt in iterates(r.checkpoint_dir, flags.trajectory_stride)]
@@ -57,10 +58,11 @@ def run(flags, log=print):
         f"{flags.sharpness_maxiter} L-BFGS-B iterations) of every {flags.trajectory_stride}-th "
         "epoch's iterate and the last; the cross-entropy is f at the iterate (the training "
         "function the sharpness is measured on).", *sections, "## Measurements", table,
-        "## Runs", report.runs_markdown(runs)])
+        "## Runs", report.runs_markdown(all_runs)])
     results = {"experiment": "trajectory", "network": flags.network, "dataset": data.name,
                "batch_sizes": batches, "environment": common.environment(strategy),
-               "runs": runs.to_dict(orient="records"),
+               "runs": all_runs.to_dict(orient="records"),
+               "diverged": common.diverged_names(all_runs),
                "measurements": found.to_dict(orient="records")}
     common.write_results(run_dir, results, text + "\n")
     log(f"\n{table}\n\nreport: {run_dir / 'report.md'}")

@@ -55,7 +55,9 @@ def run(flags, log=print):
     sb_history = pd.DataFrame(sb_record["history"])
     lb = common.make_trainer(flags, data, strategy, batches["LB"])
     rows = []
-    for epoch in range(0, len(sb_history), flags.warm_start_stride):
+    # A diverged SB run has no checkpoint of its last (non-finite) iterate.
+    last = len(sb_history) - (sb_record["stop_reason"] == "diverged")
+    for epoch in range(0, last, flags.warm_start_stride):
         name = f"LB_from_SB{epoch}"
         ckpt = parametric.checkpoint_at(sb_record["checkpoint_dir"], epoch)
         record = common.cached(run_dir / "runs" / f"{name}.json", lambda ckpt=ckpt, name=name:
@@ -71,7 +73,7 @@ def run(flags, log=print):
         log("measuring the sharpness of every piggybacked LB solution")
         found = sharpness.measure_minimizers(
             flags, data, [{"sb_epoch": r.sb_epoch, "checkpoint": r.checkpoint}
-                          for r in table.itertuples()],
+                          for r in table.itertuples() if r.lb_stop_reason != "diverged"],
             strategy=strategy, log=log, cache_dir=run_dir / "measurements")
     _write(flags, data, strategy, run_dir, table, found, sb_history, log)
     return run_dir
