@@ -14,9 +14,38 @@ import numpy as np
 
 from lbtf.errors import UsageError
 
+# Multi-worker jobs: only the chief writes the run folder. Another worker's writes under it go to
+# a private scratch folder instead (set by `redirect_writes`); it reads back what it wrote itself
+# from there and everything else (records and checkpoints of earlier starts) from the chief's.
+_redirect: tuple[Path, Path] | None = None
+
+
+def redirect_writes(folder: str | Path, scratch: str | Path) -> None:
+    """From now on, writes to paths under `folder` go to the same paths under `scratch`."""
+    global _redirect
+    _redirect = (Path(folder).resolve(), Path(scratch).resolve())
+
+
+def write_path(path: str | Path) -> Path:
+    """Where this process writes `path` (itself, except on a non-chief worker)."""
+    path = Path(path)
+    if _redirect is None:
+        return path
+    folder, scratch = _redirect
+    try:
+        return scratch / path.resolve().relative_to(folder)
+    except ValueError:
+        return path
+
+
+def read_path(path: str | Path) -> Path:
+    """What this process reads for `path`: its own copy if it wrote one, else `path`."""
+    own = write_path(path)
+    return own if own != Path(path) and (own.exists() or Path(f"{own}.index").exists()) else Path(path)
+
 
 def _atomic(path: Path, write) -> None:
-    path = Path(path)
+    path = write_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -7,7 +7,6 @@ The paper trains every batch size for 100 epochs (--max_epochs=100 with --patien
 from __future__ import annotations
 
 import pandas as pd
-import tensorflow as tf
 
 from lbtf import figures, report
 from lbtf.experiments import common, parametric, sharpness
@@ -16,7 +15,7 @@ from lbtf.experiments import common, parametric, sharpness
 def run(flags, log=print):
     data, strategy, resolved = common.prepare(flags, {s: s for s in flags.batch_sizes})
     batches = {f"B{b}": b for b in sorted(set(resolved.values()))}
-    run_dir = common.start_run(flags, "batch_sweep")
+    run_dir = common.start_run(flags, "batch_sweep", strategy)
     log(f"batch_sweep: {flags.network} on {data.name}, batch sizes "
         f"{', '.join(str(b) for b in batches.values())}, {flags.trials} trial(s); writing {run_dir}")
     runs = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
@@ -34,7 +33,7 @@ def run(flags, log=print):
         found = sharpness.measure_minimizers(flags, data, minimizers, strategy=strategy, log=log,
                                              cache_dir=run_dir / "measurements")
     sharp = found[found.measure == "sharpness"] if "measure" in found else found
-    writer = tf.summary.create_file_writer(str(run_dir / "tb" / "figures"))
+    writer = common.summary_writer(run_dir, "figures")
     fig = figures.batch_sweep(accuracy, sharp, title=f"Figure 4: {flags.network} on {data.name}")
     caption = ("Figure 4: test accuracy of the final iterate (left) and its sharpness (right) "
                "against the batch size; means over trials.")

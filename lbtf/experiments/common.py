@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import platform
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import tensorflow as tf
 import lbtf
 from lbtf import data as data_lib
 from lbtf import runs
-from lbtf.distribute import make_strategy, per_replica_batch
+from lbtf.distribute import describe, is_chief, make_strategy, per_replica_batch, worker
 from lbtf.errors import UsageError
 from lbtf.experiments.flags import module_flags
 from lbtf.layers import norm_layer
@@ -39,22 +42,31 @@ def load_data(flags) -> data_lib.Dataset:
     return data_lib.load_dataset(name, data_dir=flags.data_dir, download=flags.tfds_download)
 
 
-def prepare(flags, batch_specs: dict[str, str]):
-    """Loads data, checks the network fits it and the batch sizes fit the data and the replicas.
+def prepare(flags, batch_specs: dict[str, str], log=print):
+    """Creates the strategy, loads data, checks the network fits it and the batch sizes fit the
+    data and the replicas; logs how each batch is split over the replicas.
 
     Everything that can be wrong with the input is found here, before a run folder exists.
     """
     runs.check_writable(flags.output_dir)
+    if flags.strategy in ("multi_worker", "slurm") and not flags.run_name:
+        raise UsageError(f"--strategy={flags.strategy} needs --run_name: every worker must write "
+                         "to and resume from the same run folder")
+    if flags.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    # First: a multi-worker strategy must exist before any other TensorFlow op runs.
+    strategy = make_strategy(flags.strategy, slurm_port_base=flags.slurm_port_base)
     data = load_data(flags)
     check_compatible(flags.network, data.input_shape)
     if flags.augment and len(data.input_shape) != 3:
         raise UsageError(f"--augment needs image data, but {data.name}'s inputs have shape "
                          f"{tuple(data.input_shape)}; use an image dataset or drop --augment")
-    strategy = make_strategy(flags.strategy)
     batches = {}
     for regime, spec in batch_specs.items():
         batches[regime] = resolve_batch_size(spec, data.num_train)
         per_replica_batch(strategy, batches[regime])
+    for line in describe(strategy, batches, bn=flags.bn, ghost_batch_size=flags.ghost_batch_size):
+        log(line)
     return data, strategy, batches
 
 
@@ -68,16 +80,21 @@ def _differing(saved: str, current: str) -> list[str]:
     return sorted(k.lstrip("-") for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
-def start_run(flags, experiment: str) -> Path:
+def start_run(flags, experiment: str, strategy: tf.distribute.Strategy | None = None) -> Path:
     """Creates the run folder and saves the resolved flags in it (usable as a --flagfile).
 
     With --run_name the folder is <output_dir>/<run_name>; when it already holds a run started
-    with the same flags, that run is resumed (finished parts are skipped by the caller)."""
+    with the same flags, that run is resumed (finished parts are skipped by the caller). In a
+    multi-worker job only the chief writes it; the other workers write to a scratch folder."""
     text = _flags_text()
     if not flags.run_name:
         run_dir = runs.new_run_dir(flags.output_dir, experiment)
     else:
         run_dir = Path(flags.output_dir) / flags.run_name
+        if strategy is not None and not is_chief(strategy):
+            scratch = tempfile.mkdtemp(prefix=f"lbtf-worker{worker(strategy)[0]}-")
+            atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+            runs.redirect_writes(run_dir, scratch)
         saved = run_dir / "flags.txt"
         if saved.is_file():
             changed = _differing(saved.read_text(), text)
@@ -86,7 +103,7 @@ def start_run(flags, experiment: str) -> Path:
                                  f"{', '.join('--' + c for c in changed)}; start it again with its "
                                  f"own flags (--flagfile={saved}) or choose another --run_name")
             return run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_path(run_dir).mkdir(parents=True, exist_ok=True)
     runs.atomic_write_text(run_dir / "flags.txt", text)
     return run_dir
 
@@ -104,7 +121,8 @@ def cached(path: Path, compute: Callable[[], dict], log=print) -> dict:
 
 def environment(strategy: tf.distribute.Strategy) -> dict:
     return {"lbtf": lbtf.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "python": platform.python_version(), "replicas": strategy.num_replicas_in_sync,
+            "python": platform.python_version(), "strategy": type(strategy).__name__,
+            "replicas": strategy.num_replicas_in_sync, "workers": worker(strategy)[1],
             "devices": [d.name for d in tf.config.list_logical_devices()]}
 
 
@@ -158,6 +176,11 @@ def make_trainer(flags, data, strategy, batch: int, overrides: dict | None = Non
                    training_config(flags, batch, overrides, **fields), strategy=strategy)
 
 
+def summary_writer(run_dir: Path, name: str):
+    """The TensorBoard writer of <run_dir>/tb/<name> (a worker's scratch copy off the chief)."""
+    return tf.summary.create_file_writer(str(runs.write_path(run_dir / "tb" / name)))
+
+
 def train_from(trainer: Trainer, start: list, **kwargs) -> dict:
     """`train_once` after resetting the trainer to the model variables `start`."""
     trainer.reset(start)
@@ -170,11 +193,12 @@ def train_once(trainer: Trainer, *, name: str, run_dir: Path, seed: int, hparams
     checkpoints under run_dir; returns the final row, the history and the checkpoint folder."""
     from tensorboard.plugins.hparams import api as hp
 
-    writer = tf.summary.create_file_writer(str(run_dir / "tb" / name))
+    writer = summary_writer(run_dir, name)
     with writer.as_default():
         hp.hparams(hparams, trial_id=name)
-    result = fit(trainer, seed=seed, checkpoint_dir=run_dir / "checkpoints" / name,
-                 writer=writer, log=log, label=label)
+    checkpoints = run_dir / "checkpoints" / name
+    result = fit(trainer, seed=seed, checkpoint_dir=checkpoints,
+                 save_dir=runs.write_path(checkpoints), writer=writer, log=log, label=label)
     final = {k: v for k, v in result.final.items() if k not in ("epoch", "steps")}
     return {"epochs": len(result.history), "stop_reason": result.stop_reason, **final,
             "seconds": result.seconds, "checkpoint_dir": result.checkpoint_dir,

@@ -58,7 +58,14 @@ flags.DEFINE_integer("patience", 10, "Stop after this many epochs without the tr
 flags.DEFINE_float("min_delta", 1e-4, "Improvement of the training loss that counts.",
                    lower_bound=0)
 flags.DEFINE_enum("strategy", "auto", STRATEGIES,
-                  "auto: MirroredStrategy over several GPUs, else one device.")
+                  "auto: MirroredStrategy over several GPUs, else one device; mirrored: every "
+                  "local GPU; multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG; slurm: "
+                  "MultiWorkerMirroredStrategy over a Slurm job's tasks (see scripts/).")
+flags.DEFINE_integer("slurm_port_base", 8888, "First port of the workers of --strategy=slurm.",
+                     lower_bound=1024, upper_bound=65000)
+flags.DEFINE_boolean("deterministic", False, "Deterministic TensorFlow ops "
+                     "(tf.config.experimental.enable_op_determinism): a resumed run then ends "
+                     "exactly like an uninterrupted one. Can be slower on GPUs.")
 flags.DEFINE_integer("steps_per_loop", 0, "Steps per in-graph loop (0: a whole epoch).",
                      lower_bound=0)
 flags.DEFINE_integer("eval_batch_size", 2048, "Batch for measuring loss and accuracy.",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import tensorflow as tf
 
-from lbtf import figures, landscape
+from lbtf import figures, landscape, runs
 from lbtf.experiments import common
 from lbtf.experiments.sharpness import restore
 from lbtf.objective import EvalSet, make_evaluator
@@ -24,8 +24,9 @@ PATH_FIGURES = {"linear": ("figure3_parametric_linear", "Figure 3",
 
 def checkpoint_at(checkpoint_dir: str, epoch: int | None = None) -> str:
     """The checkpoint of `epoch` (None: the last one) in a run's checkpoint folder."""
-    return (tf.train.latest_checkpoint(checkpoint_dir) if epoch is None
-            else str(Path(checkpoint_dir) / f"weights-{epoch}"))
+    folder = runs.read_path(checkpoint_dir)
+    return (tf.train.latest_checkpoint(str(folder)) if epoch is None
+            else str(folder / f"weights-{epoch}"))
 
 
 def snapshots(flags, data, checkpoints: dict[str, str]):

@@ -17,7 +17,6 @@ lbtf.sharpness, lbtf.remedies.diffusion_fit.
 from __future__ import annotations
 
 import pandas as pd
-import tensorflow as tf
 
 from lbtf import figures, report
 from lbtf.experiments import common, parametric, sharpness
@@ -51,7 +50,7 @@ def run(flags, log=print):
         flags, {"SB": flags.sb_batch_size, "LB": flags.lb_batch_size})
     options = regimes(flags, len(data.input_shape) == 3, log)
     sizes = {name: batches["SB" if name == "SB" else "LB"] for name in options}
-    run_dir = common.start_run(flags, "remedies")
+    run_dir = common.start_run(flags, "remedies", strategy)
     log(f"remedies: {flags.network} on {data.name}, regimes {', '.join(options)}, "
         f"{flags.trials} trial(s); writing {run_dir}")
     runs = common.train_regimes(flags, data=data, strategy=strategy, batches=sizes,
@@ -98,7 +97,7 @@ def summarize(runs: pd.DataFrame, found: pd.DataFrame) -> pd.DataFrame:
 
 def _write(flags, data, strategy, run_dir, all_runs, found, summary, options, log) -> None:
     runs = all_runs[all_runs.stop_reason != "diverged"]
-    writer = tf.summary.create_file_writer(str(run_dir / "tb" / "figures"))
+    writer = common.summary_writer(run_dir, "figures")
     caption = ("Test accuracy (above) and full-space sharpness (below) per regime, mean and "
                "standard deviation over trials.")
     sharp = found[found.measure == "sharpness"] if "measure" in found else found

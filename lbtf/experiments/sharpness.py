@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import tensorflow as tf
 
-from lbtf import report
+from lbtf import report, runs
 from lbtf.errors import UsageError
 from lbtf.experiments import common
 from lbtf.hessian import top_eigenvalues_at
@@ -27,7 +27,7 @@ from lbtf.train import restore_weights
 def restore(model, checkpoint: str, network: str) -> None:
     """Loads an lbtf checkpoint, or raises a UsageError naming the checkpoint and the network."""
     try:
-        restore_weights(model, checkpoint)
+        restore_weights(model, str(runs.read_path(checkpoint)))
     except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError, AssertionError) as e:
         first = str(e).strip().splitlines()[0][:160]
         raise UsageError(f"cannot load checkpoint {checkpoint} into network {network} ({first}); "
@@ -113,7 +113,7 @@ def run(flags, log=print):
     data, strategy, _ = common.prepare(flags, {})
     table = measure_minimizers(flags, data, [{"checkpoint": checkpoint}], strategy=strategy,
                                log=log)
-    run_dir = common.start_run(flags, "sharpness")
+    run_dir = common.start_run(flags, "sharpness", strategy)
     text = "\n\n".join([f"# Sharpness of {checkpoint}",
                         f"{flags.network} ({flags.arch_variant}) on {data.name}, "
                         f"{len(table)} measurements.", report.measurements_markdown(table)])

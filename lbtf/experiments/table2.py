@@ -10,11 +10,11 @@ lbtf.sharpness, lbtf.landscape (through experiments.sharpness and experiments.pa
 from __future__ import annotations
 
 import pandas as pd
-import tensorflow as tf
 
 from lbtf import report
 from lbtf.errors import UsageError
 from lbtf.experiments import common, parametric, sharpness
+from lbtf.runs import read_path
 
 
 def run(flags, log=print):
@@ -23,7 +23,7 @@ def run(flags, log=print):
                          f"{flags.parametric_trial + 1} --trials (trials count from 0)")
     data, strategy, batches = common.prepare(
         flags, {"SB": flags.sb_batch_size, "LB": flags.lb_batch_size})
-    run_dir = common.start_run(flags, "table2")
+    run_dir = common.start_run(flags, "table2", strategy)
     log(f"table2: {flags.network} ({flags.arch_variant}) on {data.name}, "
         f"{data.num_train} training examples, SB={batches['SB']} LB={batches['LB']}, "
         f"{flags.trials} trials, {strategy.num_replicas_in_sync} replica(s); writing {run_dir}")
@@ -43,8 +43,8 @@ def run(flags, log=print):
         measurements = found.to_dict(orient="records")
         summaries, details = sharpness_sections(found, flags, data.name)
     dist = parametric.distances(flags, data, runs)
-    writer = tf.summary.create_file_writer(str(run_dir / "tb" / "figures"))
-    history = pd.read_csv(run_dir / "history.csv")
+    writer = common.summary_writer(run_dir, "figures")
+    history = pd.read_csv(read_path(run_dir / "history.csv"))
     plots = parametric.training_curves_figure(history, flags=flags, dataset=data.name,
                                               run_dir=run_dir, writer=writer)
     tables = parametric.parametric_tables(flags, data, runs, log=log)

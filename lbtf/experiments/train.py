@@ -10,7 +10,7 @@ def run(flags, log=print):
     data, strategy, batches = common.prepare(flags, {"B": flags.batch_size})
     regime = f"B{batches['B']}"
     batches = {regime: batches["B"]}
-    run_dir = common.start_run(flags, "train")
+    run_dir = common.start_run(flags, "train", strategy)
     log(f"train: {flags.network} on {data.name}, batch {batches[regime]}, {flags.trials} "
         f"trials; writing {run_dir}")
     runs = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,

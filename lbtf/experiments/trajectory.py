@@ -12,13 +12,13 @@ import re
 
 import tensorflow as tf
 
-from lbtf import figures, report
+from lbtf import figures, report, runs
 from lbtf.experiments import common, sharpness
 
 
 def iterates(checkpoint_dir: str, stride: int) -> list[tuple[int, str]]:
     """(epoch, checkpoint) of every kept epoch that is a multiple of `stride`, and the last."""
-    state = tf.train.get_checkpoint_state(checkpoint_dir)
+    state = tf.train.get_checkpoint_state(str(runs.read_path(checkpoint_dir)))
     paths = list(state.all_model_checkpoint_paths) if state else []
     found = sorted((int(re.search(r"weights-(\d+)$", p).group(1)), p) for p in paths)
     return [(e, p) for i, (e, p) in enumerate(found) if e % stride == 0 or i == len(found) - 1]
@@ -27,7 +27,7 @@ def iterates(checkpoint_dir: str, stride: int) -> list[tuple[int, str]]:
 def run(flags, log=print):
     data, strategy, batches = common.prepare(
         flags, {"SB": flags.sb_batch_size, "LB": flags.lb_batch_size})
-    run_dir = common.start_run(flags, "trajectory")
+    run_dir = common.start_run(flags, "trajectory", strategy)
     log(f"trajectory: {flags.network} on {data.name}, SB={batches['SB']} LB={batches['LB']}, "
         f"{flags.trials} trial(s), sharpness every {flags.trajectory_stride} epoch(s); "
         f"writing {run_dir}")
@@ -41,7 +41,7 @@ def run(flags, log=print):
     found = sharpness.measure_minimizers(flags, data, minimizers, strategy=strategy, log=log,
                                          cache_dir=run_dir / "measurements")
     sharp = found[found.measure == "sharpness"].rename(columns={"f_x": "train_loss"})
-    writer = tf.summary.create_file_writer(str(run_dir / "tb" / "figures"))
+    writer = common.summary_writer(run_dir, "figures")
     sections = []
     for trial, g in sharp.groupby("trial"):
         fig = figures.sharpness_vs_loss(

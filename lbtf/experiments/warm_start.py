@@ -11,7 +11,6 @@ Paper artifact -> flags/figure5_<net>.flags -> this module -> lbtf.train.fit, lb
 from __future__ import annotations
 
 import pandas as pd
-import tensorflow as tf
 
 from lbtf import figures, report
 from lbtf.experiments import common, parametric, sharpness
@@ -40,7 +39,7 @@ def _train_piggyback(trainer, checkpoint: str, *, name: str, flags, run_dir, log
 def run(flags, log=print):
     data, strategy, batches = common.prepare(
         flags, {"SB": flags.sb_batch_size, "LB": flags.lb_batch_size})
-    run_dir = common.start_run(flags, "warm_start")
+    run_dir = common.start_run(flags, "warm_start", strategy)
     k = flags.warm_start_epochs
     log(f"warm_start: {flags.network} on {data.name}, SB={batches['SB']} for {k} epochs, LB="
         f"{batches['LB']} from every {flags.warm_start_stride}-th SB iterate; writing {run_dir}")
@@ -81,7 +80,7 @@ def run(flags, log=print):
 
 def _write(flags, data, strategy, run_dir, table, found, sb_history, log) -> None:
     sharp = found[found.measure == "sharpness"]
-    writer = tf.summary.create_file_writer(str(run_dir / "tb" / "figures"))
+    writer = common.summary_writer(run_dir, "figures")
     fig = figures.warm_start(table, sharp, title=f"Figure 5: {flags.network} on {data.name}")
     caption = ("Figure 5: above, test accuracy of the SB iterates (blue) and of the LB runs "
                "warm-started from them (red); below, the sharpness of the LB solutions; against "
