@@ -29,6 +29,10 @@ def main(argv: list[str]) -> None:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # e.g. a disk that filled up under a figure or a TensorBoard log
+        print(f"error: {e.filename or ''}: {e.strerror or e}; free some space or pass a writable "
+              "--output_dir, then start the same command again to resume", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -45,18 +45,24 @@ def read_path(path: str | Path) -> Path:
 
 
 def _atomic(path: Path, write) -> None:
+    """Writes to a temporary file beside `path`, then renames it into place: a full disk or an
+    unwritable folder leaves the old file (or none) and a one-line UsageError, never half a file."""
     path = write_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as e:
+        raise UsageError(f"cannot write {path} ({e.strerror or e}); free some space or pass a "
+                         "writable --output_dir, then start the same command again to resume") from None
+    finally:
+        if tmp is not None and Path(tmp).exists():
+            Path(tmp).unlink()
 
 
 def atomic_write_text(path: Path, text: str) -> None:

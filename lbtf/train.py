@@ -366,11 +366,21 @@ class Checkpoints:
         return latest, self.state.value
 
     def save_weights(self, epoch: int) -> None:
-        self._weights.save(checkpoint_number=epoch)
+        self._save(self._weights, epoch)
 
     def save_state(self, epoch: int, state: dict) -> None:
         self.state.value = state
-        self._resume.save(checkpoint_number=epoch)
+        self._save(self._resume, epoch)
+
+    @staticmethod
+    def _save(manager: tf.train.CheckpointManager, epoch: int) -> None:
+        try:
+            manager.save(checkpoint_number=epoch)
+        except (tf.errors.OpError, OSError) as e:  # e.g. a full disk
+            first = (getattr(e, "message", None) or str(e)).strip().splitlines()[0][:160]
+            raise UsageError(f"cannot write a checkpoint in {manager.directory} ({first}); free "
+                             "some space or pass a writable --output_dir, then start the same "
+                             "command again to resume") from None
 
 
 def _epoch(trainer: Trainer, rng: np.random.Generator, epoch: int) -> dict:

@@ -92,12 +92,16 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
     proc.wait()
 
 
-def test_two_workers_train_like_one_process_and_measure_the_same_sharpness(data_dir, tmp_path):
-    args = [*BASE, "--max_epochs=2", f"--data_dir={data_dir}", f"--output_dir={tmp_path}"]
+def test_two_workers_train_like_one_process_resume_after_a_kill_and_measure_alike(data_dir,
+                                                                                  tmp_path):
+    args = [*BASE, "--max_epochs=5", "--patience=20", "--deterministic", f"--data_dir={data_dir}",
+            f"--output_dir={tmp_path}"]
     assert run_cli(*args, "--run_name=one").returncode == 0
     outs = finish(start_workers([*args, "--run_name=two"], tmp_path / "logs"), tmp_path / "logs")
     assert "2 replica(s) on 2 worker(s)" in outs[0] and "global batch 40 = 2 x 20" in outs[0]
     one, two = tmp_path / "one", tmp_path / "two"
+    # After 20 steps; later, as the loss nears 0, Adam's normalised steps amplify rounding
+    # (1e-2 of the distance after 50 steps, growing smoothly from 2e-5 after 10).
     assert_same_weights(one / "checkpoints/trial0_B40/weights-2",
                         two / "checkpoints/trial0_B40/weights-2")
     env = json.loads((two / "results.json").read_text())["environment"]
@@ -105,21 +109,7 @@ def test_two_workers_train_like_one_process_and_measure_the_same_sharpness(data_
     # Only the chief wrote the run folder; the other worker's scratch folder is gone.
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
 
-    # The sharpness of one fixed checkpoint, measured by one process and by two workers.
-    measure = ["--experiment=sharpness", f"--checkpoint={one / 'checkpoints/trial0_B40'}",
-               "--mnist1d_samples=500", "--epsilons=1e-3", "--subspace_dim=0",
-               "--sharpness_maxiter=3", "--nojit_compile", f"--data_dir={data_dir}", f"--output_dir={tmp_path}"]
-    assert run_cli(*measure, "--run_name=sharp1").returncode == 0
-    finish(start_workers([*measure, "--run_name=sharp2"], tmp_path / "logs2"), tmp_path / "logs2")
-    values = [json.loads((tmp_path / r / "results.json").read_text())["measurements"][0]["value"]
-              for r in ("sharp1", "sharp2")]
-    assert values[0] > 0 and values[1] == pytest.approx(values[0], rel=1e-4)
-
-
-def test_a_killed_worker_leaves_a_checkpoint_the_job_resumes_from(data_dir, tmp_path):
-    args = [*BASE, "--max_epochs=5", "--patience=20", "--deterministic", f"--data_dir={data_dir}",
-            f"--output_dir={tmp_path}"]
-    finish(start_workers([*args, "--run_name=whole"], tmp_path / "logs"), tmp_path / "logs")
+    # A worker killed mid-run: the job, started again, resumes from the chief's checkpoint.
     job = [*args, "--run_name=killed"]
     procs = start_workers(job, tmp_path / "logs")
     kill_when(procs[1], lambda: resume_epoch(tmp_path / "killed", "trial0_B40") >= 2)
@@ -130,37 +120,42 @@ def test_a_killed_worker_leaves_a_checkpoint_the_job_resumes_from(data_dir, tmp_
     outs = finish(start_workers(job, tmp_path / "logs"), tmp_path / "logs")
     assert all(f"resumed after epoch {epoch}" in out for out in outs)
     whole, killed = (weights(tmp_path / r / "checkpoints/trial0_B40/weights-5")
-                     for r in ("whole", "killed"))
+                     for r in ("two", "killed"))
     for k in whole:  # deterministic ops: exactly the uninterrupted job's weights
         np.testing.assert_array_equal(whole[k], killed[k], err_msg=k)
 
-
-def without_seconds(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.drop(columns=[c for c in frame if c == "seconds"])
+    # The sharpness of one fixed checkpoint, measured by one process and by two workers.
+    measure = ["--experiment=sharpness", f"--checkpoint={one / 'checkpoints/trial0_B40'}",
+               "--mnist1d_samples=500", "--epsilons=1e-3", "--subspace_dim=0",
+               "--sharpness_maxiter=3", "--nojit_compile", f"--data_dir={data_dir}",
+               f"--output_dir={tmp_path}"]
+    assert run_cli(*measure, "--run_name=sharp1").returncode == 0
+    finish(start_workers([*measure, "--run_name=sharp2"], tmp_path / "logs"), tmp_path / "logs")
+    values = [json.loads((tmp_path / r / "results.json").read_text())["measurements"][0]["value"]
+              for r in ("sharp1", "sharp2")]
+    assert values[0] > 0 and values[1] == pytest.approx(values[0], rel=1e-4)
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_results(data_dir, tmp_path):
-    args = ["--mnist1d_samples=500", "--trials=2", "--max_epochs=15", "--patience=15",
-            "--nosharpness", "--parametric_points=4", "--deterministic", f"--data_dir={data_dir}",
+    args = ["--experiment=train", "--batch_size=40", "--mnist1d_samples=500", "--trials=2",
+            "--max_epochs=12", "--patience=20", "--deterministic", f"--data_dir={data_dir}",
             f"--output_dir={tmp_path}"]
     assert run_cli(*args, "--run_name=whole").returncode == 0
     run = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(REPO / "run_experiments.py"), *args,
                              "--run_name=killed"], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    # Killed in the middle of trial 1's SB run, after trial 0 finished.
-    kill_when(proc, lambda: resume_epoch(run, "trial1_SB") >= 2)
+    # Killed in the middle of trial 1, after trial 0 finished.
+    kill_when(proc, lambda: resume_epoch(run, "trial1_B40") >= 2)
     assert proc.returncode == -signal.SIGKILL and not (run / "results.json").exists()
     again = run_cli(*args, "--run_name=killed")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "runs/trial0_SB.json: finished earlier, skipped" in again.stdout
-    assert "runs/trial0_LB.json: finished earlier, skipped" in again.stdout
-    assert re.search(r"\[trial 2/2 SB B=256\] resumed after epoch \d+", again.stdout)
+    assert "runs/trial0_B40.json: finished earlier, skipped" in again.stdout
+    assert re.search(r"\[trial 2/2 B40 B=40\] resumed after epoch \d+", again.stdout)
     whole, resumed = (json.loads((tmp_path / r / "results.json").read_text())
                       for r in ("whole", "killed"))
-    pd.testing.assert_frame_equal(without_seconds(pd.DataFrame(resumed["runs"])).drop(
-        columns="checkpoint_dir"), without_seconds(pd.DataFrame(whole["runs"])).drop(
-        columns="checkpoint_dir"))
-    pd.testing.assert_frame_equal(without_seconds(pd.read_csv(run / "history.csv")),
-                                  without_seconds(pd.read_csv(tmp_path / "whole/history.csv")))
-    assert resumed["parametric"] == whole["parametric"]
+    drop = ["seconds", "checkpoint_dir"]
+    pd.testing.assert_frame_equal(pd.DataFrame(resumed["runs"]).drop(columns=drop),
+                                  pd.DataFrame(whole["runs"]).drop(columns=drop))
+    pd.testing.assert_frame_equal(pd.read_csv(run / "history.csv").drop(columns="seconds"),
+                                  pd.read_csv(tmp_path / "whole/history.csv").drop(columns="seconds"))
