@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_sharpness.py
 	$(PY) bench/bench_landscape.py
 	$(PY) bench/bench_remedies.py
+	$(PY) bench/bench_checkpoint.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
