@@ -13,9 +13,8 @@ import os
 
 import tensorflow as tf
 
+from lbtf.choices import STRATEGIES  # noqa: F401  (re-exported)
 from lbtf.errors import UsageError
-
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "slurm")
 
 
 def _tf_config() -> dict:

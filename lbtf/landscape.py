@@ -30,10 +30,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from lbtf.choices import BN_MODES, PATHS  # noqa: F401  (re-exported)
 from lbtf.objective import EvalSet, make_evaluator, weights_restored
-
-PATHS = ("linear", "curvilinear")
-BN_MODES = ("recompute", "interpolate")
 
 
 def path_coefficients(alpha: float, path: str) -> tuple[float, float]:

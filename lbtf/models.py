@@ -21,10 +21,9 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+from lbtf.choices import NETWORKS, VARIANTS  # noqa: F401  (re-exported)
 from lbtf.errors import UsageError
 
-NETWORKS = ("F1", "F2", "C1", "C2", "C3", "C4")
-VARIANTS = ("paper", "reference")
 # The dataset each network is trained on in the paper (Table 1).
 PAPER_DATASET = {"F1": "mnist", "F2": "timit", "C1": "cifar10", "C2": "cifar10",
                  "C3": "cifar100", "C4": "cifar100"}

@@ -17,8 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-LR_SCALINGS = ("none", "sqrt", "linear")
-NORMALIZATIONS = ("standard", "ghost", "sync")
+from lbtf.choices import LR_SCALINGS, NORMALIZATIONS  # noqa: F401  (re-exported)
 
 
 def scaled_learning_rate(learning_rate: float, batch: int, *, reference: int = 256,

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from lbtf import remedies
+from lbtf.choices import parse_batch_size
 from lbtf.data import Dataset
 from lbtf.distribute import split_columns
 from lbtf.errors import UsageError
@@ -72,21 +73,6 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def parse_batch_size(text: str) -> int | float:
-    """'256' -> 256 examples; '0.1' or '10%' -> a fraction of the training set."""
-    t = str(text).strip()
-    try:
-        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
-    except ValueError:
-        raise ValueError(f"batch size {text!r} is neither an integer nor a fraction "
-                         "(e.g. 256, 0.1 or 10%)") from None
-    if t.endswith("%") or "." in t or "e" in t.lower():
-        if not 0 < value <= 1:
-            raise ValueError(f"batch size fraction {text!r} must lie in (0, 1], e.g. 0.1")
-        return value
-    if value < 1:
-        raise ValueError(f"batch size {text!r} must be a positive integer")
-    return int(value)
 
 
 def resolve_batch_size(spec: int | float | str, num_train: int) -> int:

@@ -27,8 +27,8 @@ def data_dir(tmp_path_factory) -> Path:
     return d
 
 
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Runs run_experiments.py in a fresh process, as a user would."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs run_experiments.py in a fresh process, as a user would (`env` adds variables)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "run_experiments.py"), *args], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=timeout)

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
@@ -42,17 +43,54 @@ def error_lines(stderr: str) -> list[str]:
     (["--lr_milestones=0,5"], "--lr_milestones takes positive epochs"),
     (["--bn=layer"], "--bn"),
     (["--experiment=performance_model", "--perf_processors=1000"], "P < B_l"),
+    (["--experiment=fig9"], "--experiment"),
+    (["--dataset=timit", "--timit_path=TIMIT_WRONG_SHAPE"], "expected x[N,360] y[N]"),
+    (["--dataset=timit", "--timit_path=TIMIT_NOT_NPZ"], "cannot read TIMIT file"),
+    (["--strategy=multi_worker"], "needs --run_name"),
+    (["--strategy=multi_worker", "--run_name=mw"], "needs the TF_CONFIG environment variable"),
+    (["--strategy=multi_worker", "--run_name=mw", "TF_CONFIG={\"cluster\": {}}"],
+     "TF_CONFIG is not valid"),
+    (["--strategy=slurm", "--run_name=job"], "runs inside a Slurm job"),
+    (["--strategy=gpus"], "--strategy"),
+    (["--slurm_port_base=80"], "--slurm_port_base"),
+    (["--checkpoint_every=-1"], "--checkpoint_every"),
+    (["--ghost_batch_size=0", "--bn=ghost"], "--ghost_batch_size"),
+    (["--mnist1d_samples=10"], "--mnist1d_samples"),
+    (["--sam_rho=-0.05"], "--sam_rho"),
+    (["--experiment=sharpness", "--checkpoint=CORRUPT"], "cannot load checkpoint"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_run(args, expect, data_dir, tmp_path):
     out = tmp_path / "runs"
     if not any(a.startswith("--output_dir") for a in args):
         args = [*args, f"--output_dir={out}"]
-    proc = run_cli(*args, f"--data_dir={data_dir}", *TINY)
+    args, env = [a for a in args if "=" not in a or a.startswith("-")], dict(
+        a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    args = [_make_bad_file(a, tmp_path) for a in args]
+    proc = run_cli(*args, f"--data_dir={data_dir}", *TINY, env=env)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     lines = error_lines(proc.stderr) or [ln for ln in proc.stderr.splitlines() if expect in ln]
     assert len(lines) == 1 and expect in lines[0], proc.stderr[-2000:]
     assert not out.exists() or not any(out.iterdir())
+
+
+def _make_bad_file(arg: str, tmp_path) -> str:
+    """Replaces a placeholder in a flag by a bad file made for it."""
+    name, _, value = arg.partition("=")
+    path = tmp_path / value.lower()
+    if value == "TIMIT_WRONG_SHAPE":  # 40 features, not 360
+        np.savez(path, x_train=np.zeros((8, 40)), y_train=np.zeros(8), x_test=np.zeros((4, 40)),
+                 y_test=np.zeros(4))
+        return f"{name}={path}.npz"
+    if value == "TIMIT_NOT_NPZ":
+        path.write_text("not an archive")
+        return f"{name}={path}"
+    if value == "CORRUPT":  # a checkpoint whose files are garbage
+        path.mkdir()
+        (path / "weights-1.index").write_bytes(b"\x00garbage" * 10)
+        (path / "weights-1.data-00000-of-00001").write_bytes(b"garbage")
+        return f"{name}={path / 'weights-1'}"
+    return arg
 
 
 def test_table2_end_to_end(data_dir, tmp_path):

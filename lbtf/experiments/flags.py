@@ -1,5 +1,6 @@
 """Every command-line flag of lbtf, with its validators. Imported only by run_experiments.py and
-lbtf.experiments; library modules take plain arguments."""
+lbtf.experiments; library modules take plain arguments. It imports no TensorFlow (lbtf.choices,
+lbtf.data are plain Python and NumPy), so flag errors are reported at once."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ import re
 
 from absl import flags
 
+from lbtf.choices import (
+    BN_MODES,
+    LR_SCALINGS,
+    NETWORKS,
+    NORMALIZATIONS,
+    PATHS,
+    STRATEGIES,
+    VARIANTS,
+    parse_batch_size,
+)
 from lbtf.data import LOADERS
-from lbtf.distribute import STRATEGIES
-from lbtf.landscape import BN_MODES, PATHS
-from lbtf.models import NETWORKS, VARIANTS
-from lbtf.remedies import LR_SCALINGS, NORMALIZATIONS
-from lbtf.train import parse_batch_size
 
 EXPERIMENTS = ("table2", "train", "sharpness", "batch_sweep", "warm_start", "trajectory",
                "remedies", "performance_model", "info")

@@ -28,7 +28,7 @@ def restore(model, checkpoint: str, network: str) -> None:
     """Loads an lbtf checkpoint, or raises a UsageError naming the checkpoint and the network."""
     try:
         restore_weights(model, str(runs.read_path(checkpoint)))
-    except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError, AssertionError) as e:
+    except (tf.errors.OpError, ValueError, AssertionError) as e:  # missing, corrupt, other net
         first = str(e).strip().splitlines()[0][:160]
         raise UsageError(f"cannot load checkpoint {checkpoint} into network {network} ({first}); "
                          "pass a weights checkpoint written by lbtf for the same --network, "

@@ -1,0 +1,30 @@
+"""The names and formats the command line accepts, in plain Python: flags are parsed and checked
+without importing TensorFlow, so a mistyped flag costs a fraction of a second. The library
+modules use the same definitions."""
+
+from __future__ import annotations
+
+NETWORKS = ("F1", "F2", "C1", "C2", "C3", "C4")
+VARIANTS = ("paper", "reference")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "slurm")
+PATHS = ("linear", "curvilinear")
+BN_MODES = ("recompute", "interpolate")
+LR_SCALINGS = ("none", "sqrt", "linear")
+NORMALIZATIONS = ("standard", "ghost", "sync")
+
+
+def parse_batch_size(text: str) -> int | float:
+    """'256' -> 256 examples; '0.1' or '10%' -> a fraction of the training set."""
+    t = str(text).strip()
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise ValueError(f"batch size {text!r} is neither an integer nor a fraction "
+                         "(e.g. 256, 0.1 or 10%)") from None
+    if t.endswith("%") or "." in t or "e" in t.lower():
+        if not 0 < value <= 1:
+            raise ValueError(f"batch size fraction {text!r} must lie in (0, 1], e.g. 0.1")
+        return value
+    if value < 1:
+        raise ValueError(f"batch size {text!r} must be a positive integer")
+    return int(value)
