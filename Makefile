@@ -1,5 +1,6 @@
 # Two-command quick start: `make demo` and `make test` each create .venv when missing, install lbtf
-# (editable, with test extras) and then run their job.
+# (editable, with test extras) and then run their job. Tests run on every core (pytest-xdist):
+# most of them wait on subprocesses importing TensorFlow.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,7 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n auto tests
 
 bench: $(STAMP)
 	$(PY) bench/bench_train.py

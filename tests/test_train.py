@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from lbtf.data import load_synthetic
-from lbtf.distribute import per_replica_batch
+from lbtf.distribute import describe, is_chief, per_replica_batch, worker
 from lbtf.errors import UsageError
 from lbtf.models import build_model
 from lbtf.train import (
@@ -159,11 +159,20 @@ def test_mirrored_two_replicas_equal_one_device():
     assert not np.allclose(w1[0], mlp(7).get_weights()[0])  # it did train
 
 
-def test_batch_must_split_over_replicas():
+def test_batch_must_split_over_replicas_and_the_split_is_logged():
     mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     assert per_replica_batch(mirrored, 64) == 32
     with pytest.raises(UsageError, match="multiple of 2"):
         per_replica_batch(mirrored, 63)
+    assert worker(mirrored) == (0, 1) and is_chief(mirrored)
+    head, sb, lb = describe(mirrored, {"SB": 256, "LB": 6000}, bn="standard", ghost_batch_size=128)
+    assert "2 replica(s) on 1 worker(s)" in head
+    assert sb.startswith("  SB: global batch 256 = 2 x 128 per replica") and "ghost batches of 128" in sb
+    assert "ghost batches of 3000 (--bn=sync for statistics over all 6000)" in lb
+    _, lb = describe(mirrored, {"LB": 6000}, bn="sync", ghost_batch_size=128)
+    assert "over the whole global batch of 6000" in lb
+    _, one = describe(tf.distribute.get_strategy(), {"SB": 256}, bn="ghost", ghost_batch_size=128)
+    assert "256 = 1 x 256 per replica; ghost BN over 128 examples" in one
 
 
 def test_paper_network_trains_on_a_tiny_set():
