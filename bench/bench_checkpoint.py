@@ -19,9 +19,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from lbtf.checkpoints import Checkpoints  # noqa: E402
 from lbtf.data import load_synthetic  # noqa: E402
 from lbtf.models import build_model  # noqa: E402
-from lbtf.train import Checkpoints, TrainConfig, Trainer  # noqa: E402
+from lbtf.train import TrainConfig, Trainer  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def bench(data, batch: int, num_epochs: int) -> None:
     rng = np.random.default_rng(0)
     epochs, saves = [], []
     with tempfile.TemporaryDirectory() as d:
-        ckpts = Checkpoints(trainer, d)
+        ckpts = Checkpoints(trainer.trackables(), d)
         for epoch in range(1, num_epochs + 2):  # the first epoch compiles: not counted
             t = time.perf_counter()
             trainer.train_epoch(rng)
