@@ -34,17 +34,29 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def start_workers(args: list[str], logs: Path, n: int = 2) -> list[subprocess.Popen]:
-    """n lbtf processes forming one MultiWorkerMirroredStrategy job through TF_CONFIG."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(n)]}
+def start_workers(args: list[str], logs: Path, n: int = 2,
+                  slurm: bool = False) -> list[subprocess.Popen]:
+    """n lbtf processes forming one MultiWorkerMirroredStrategy job, through TF_CONFIG or, with
+    `slurm`, through the variables srun sets for n tasks on one node (SlurmClusterResolver; two
+    "GPUs" per node in CUDA_VISIBLE_DEVICES give each task one, which a CPU build ignores)."""
+    ports = free_ports(n)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for i in range(n):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        if slurm:
+            env.update(SLURM_JOB_ID="1", SLURM_PROCID=str(i), SLURM_STEP_NUM_TASKS=str(n),
+                       SLURM_STEP_NODELIST="localhost", SLURM_STEP_TASKS_PER_NODE=str(n),
+                       CUDA_VISIBLE_DEVICES=",".join(map(str, range(n))))
+            # Tasks on one node listen on --slurm_port_base + 0, 1, ...
+            strategy = ["--strategy=slurm", f"--slurm_port_base={ports[0]}"]
+        else:
+            env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            strategy = ["--strategy=multi_worker"]
         with open(logs / f"worker{i}.out", "w") as out, open(logs / f"worker{i}.err", "w") as err:
             procs.append(subprocess.Popen(
-                [sys.executable, str(REPO / "run_experiments.py"), "--strategy=multi_worker", *args],
+                [sys.executable, str(REPO / "run_experiments.py"), *strategy, *args],
                 cwd=REPO, env=env, stdout=out, stderr=err))
     return procs
 
@@ -108,6 +120,13 @@ def test_two_workers_train_like_one_process_resume_after_a_kill_and_measure_alik
     assert env["workers"] == 2 and env["replicas"] == 2
     # Only the chief wrote the run folder; the other worker's scratch folder is gone.
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    # The same job as two Slurm tasks (--strategy=slurm): the same weights, bit for bit.
+    finish(start_workers([*args, "--run_name=slurm"], tmp_path / "logs", slurm=True),
+           tmp_path / "logs")
+    via_tf_config, via_slurm = (weights(tmp_path / r / "checkpoints/trial0_B40/weights-5")
+                                for r in ("two", "slurm"))
+    for k in via_tf_config:
+        np.testing.assert_array_equal(via_tf_config[k], via_slurm[k], err_msg=k)
 
     # A worker killed mid-run: the job, started again, resumes from the chief's checkpoint.
     job = [*args, "--run_name=killed"]
