@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 
 from absl import app, flags, logging  # noqa: E402
 
-from lbtf.errors import UsageError  # noqa: E402
+from lbtf.errors import WRITE_FAILED_HINT, UsageError  # noqa: E402
 from lbtf.experiments import flags as _lbtf_flags  # noqa: E402,F401  (defines every flag)
 
 FLAGS = flags.FLAGS
@@ -30,8 +30,7 @@ def main(argv: list[str]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # e.g. a disk that filled up under a figure or a TensorBoard log
-        print(f"error: {e.filename or ''}: {e.strerror or e}; free some space or pass a writable "
-              "--output_dir, then start the same command again to resume", file=sys.stderr)
+        print(f"error: {e.filename or ''}: {e.strerror or e}; {WRITE_FAILED_HINT}", file=sys.stderr)
         sys.exit(1)
 
 

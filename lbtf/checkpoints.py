@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from lbtf.errors import UsageError
+from lbtf.errors import WRITE_FAILED_HINT, UsageError
 
 
 class RunState(tf.train.experimental.PythonState):
@@ -71,9 +71,8 @@ class Checkpoints:
             manager.save(checkpoint_number=epoch)
         except (tf.errors.OpError, OSError) as e:  # e.g. a full disk
             first = (getattr(e, "message", None) or str(e)).strip().splitlines()[0][:160]
-            raise UsageError(f"cannot write a checkpoint in {manager.directory} ({first}); free "
-                             "some space or pass a writable --output_dir, then start the same "
-                             "command again to resume") from None
+            raise UsageError(f"cannot write a checkpoint in {manager.directory} ({first}); "
+                             f"{WRITE_FAILED_HINT}") from None
 
 
 def restore_weights(model: keras.Model, checkpoint: str) -> None:

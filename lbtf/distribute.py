@@ -24,13 +24,13 @@ def _tf_config() -> dict:
                          "(cluster and task of this worker; see scripts/multi_worker_local.sh)")
     try:
         config = json.loads(text)
-        workers = config["cluster"]["worker"]
-        task = config["task"]
-        assert task["type"] in config["cluster"] and 0 <= int(task["index"]) < len(
-            config["cluster"][task["type"]]) and workers
-    except (ValueError, KeyError, TypeError, AssertionError):
+        cluster, task = config["cluster"], config["task"]
+        valid = bool(cluster.get("worker")) and 0 <= int(task["index"]) < len(cluster[task["type"]])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        valid = False
+    if not valid:
         raise UsageError("TF_CONFIG is not valid: it needs {\"cluster\": {\"worker\": [\"host:port\", "
-                         "...]}, \"task\": {\"type\": \"worker\", \"index\": i}} with i in range") from None
+                         "...]}, \"task\": {\"type\": \"worker\", \"index\": i}} with i in range")
     return config
 
 
@@ -60,9 +60,9 @@ def make_strategy(name: str = "auto", *, slurm_port_base: int = 8888) -> tf.dist
 def worker(strategy: tf.distribute.Strategy) -> tuple[int, int]:
     """(index of this worker, number of workers); (0, 1) on one machine."""
     resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not spec:
         return 0, 1
-    spec = resolver.cluster_spec().as_dict()
     kinds = [k for k in ("chief", "worker") if k in spec]
     ordered = [(k, i) for k in kinds for i in range(len(spec[k]))]
     return ordered.index((resolver.task_type, int(resolver.task_id))), len(ordered)

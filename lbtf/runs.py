@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from lbtf.errors import UsageError
+from lbtf.errors import WRITE_FAILED_HINT, UsageError
 
 # Multi-worker jobs: only the chief writes the run folder. Another worker's writes under it go to
 # a private scratch folder instead (set by `redirect_writes`); it reads back what it wrote itself
@@ -58,8 +58,7 @@ def _atomic(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        raise UsageError(f"cannot write {path} ({e.strerror or e}); free some space or pass a "
-                         "writable --output_dir, then start the same command again to resume") from None
+        raise UsageError(f"cannot write {path} ({e.strerror or e}); {WRITE_FAILED_HINT}") from None
     finally:
         if tmp is not None and Path(tmp).exists():
             Path(tmp).unlink()

@@ -73,8 +73,6 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-
-
 def resolve_batch_size(spec: int | float | str, num_train: int) -> int:
     """A batch size in examples: an integer as given, a fraction of `num_train` rounded."""
     try:

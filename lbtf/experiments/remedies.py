@@ -65,7 +65,7 @@ def run(flags, log=print):
                           for r in runs.itertuples()],
             strategy=strategy, log=log, cache_dir=run_dir / "measurements")
     summary = summarize(all_runs, found)
-    _write(flags, data, strategy, run_dir, all_runs, found, summary, options, log)
+    _write(flags, data, strategy, run_dir, all_runs, runs, found, summary, options, log)
     return run_dir
 
 
@@ -95,8 +95,9 @@ def summarize(runs: pd.DataFrame, found: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("–")
 
 
-def _write(flags, data, strategy, run_dir, all_runs, found, summary, options, log) -> None:
-    runs = all_runs[all_runs.stop_reason != "diverged"]
+def _write(flags, data, strategy, run_dir, all_runs, runs, found, summary, options,
+           log) -> None:
+    """report.md, figures and results.json; `runs` are those of `all_runs` that did not diverge."""
     writer = common.summary_writer(run_dir, "figures")
     caption = ("Test accuracy (above) and full-space sharpness (below) per regime, mean and "
                "standard deviation over trials.")
