@@ -11,6 +11,8 @@ PATHS = ("linear", "curvilinear")
 BN_MODES = ("recompute", "interpolate")
 LR_SCALINGS = ("none", "sqrt", "linear")
 NORMALIZATIONS = ("standard", "ghost", "sync")
+MEASURE_BN = ("moving", "batch")        # BN during measurements (lbtf.bn)
+MEASURE_POINTS = ("best", "last")       # the epoch a run is measured at
 
 
 def parse_batch_size(text: str) -> int | float:

@@ -28,8 +28,8 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
+from lbtf.bn import BatchNormEstimator, bn_layers
 from lbtf.choices import BN_MODES, PATHS  # noqa: F401  (re-exported)
 from lbtf.objective import EvalSet, make_evaluator, weights_restored
 
@@ -66,22 +66,6 @@ def distance(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
                          for x, y in zip(a, b, strict=True)))
 
 
-def bn_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """Every layer with moving statistics (Keras BatchNormalization and lbtf's ghost BN)."""
-    found = []
-    for lay in model.layers:
-        if hasattr(lay, "moving_mean") and hasattr(lay, "moving_variance"):
-            found.append(lay)
-        elif isinstance(lay, keras.Model):
-            found += bn_layers(lay)
-    return found
-
-
-def _as_list(outputs) -> list:
-    """A functional model with one output returns a tensor, not a list."""
-    return list(outputs) if isinstance(outputs, list | tuple) else [outputs]
-
-
 @dataclasses.dataclass(frozen=True)
 class Snapshot:
     """A point of weight space: trainable weights and BN moving statistics, as NumPy arrays."""
@@ -94,49 +78,6 @@ def snapshot(model: keras.Model) -> Snapshot:
     bns = bn_layers(model)
     return Snapshot([v.numpy() for v in model.trainable_variables],
                     [b.moving_mean.numpy() for b in bns], [b.moving_variance.numpy() for b in bns])
-
-
-class BatchNormEstimator:
-    """Re-estimates every BN layer's moving statistics of `model` from data `x` (see module doc).
-
-    The data is cut into batches of `batch_size` (the last one smaller); each batch's statistics
-    are weighted by its size. The BN layers' inputs come from a probe model sharing the layers.
-    """
-
-    def __init__(self, model: keras.Model, x: np.ndarray, *, batch_size: int = 2048,
-                 jit_compile: bool = True):
-        self.layers = bn_layers(model)
-        self.n = len(x)
-        b = max(1, min(batch_size, self.n))
-        self._batches = [tf.constant(x[i:i + b]) for i in range(0, self.n, b)]
-        if self.layers:
-            probe = keras.Model(model.inputs, [lay.input for lay in self.layers])
-            axes = [[a for a in range(len(lay.input.shape)) if a not in self._channel_axes(lay)]
-                    for lay in self.layers]
-            self._moments = tf.function(
-                lambda xb: [tf.nn.moments(h, axes=ax)
-                            for h, ax in zip(_as_list(probe(xb, training=True)), axes, strict=True)],
-                jit_compile=jit_compile)
-
-    @staticmethod
-    def _channel_axes(layer) -> set[int]:
-        rank = len(layer.input.shape)
-        axis = layer.axis if isinstance(layer.axis, list | tuple) else [layer.axis]
-        return {a % rank for a in axis}
-
-    def __call__(self) -> None:
-        if not self.layers:
-            return
-        means = [0.0] * len(self.layers)
-        variances = [0.0] * len(self.layers)
-        for xb in self._batches:
-            w = int(xb.shape[0]) / self.n
-            for i, (m, v) in enumerate(self._moments(xb)):
-                means[i] = means[i] + w * m.numpy().astype(np.float64)
-                variances[i] = variances[i] + w * v.numpy().astype(np.float64)
-        for lay, m, v in zip(self.layers, means, variances, strict=True):
-            lay.moving_mean.assign(np.reshape(m, lay.moving_mean.shape))
-            lay.moving_variance.assign(np.reshape(v, lay.moving_variance.shape))
 
 
 def set_point(model: keras.Model, start: Snapshot, end: Snapshot, c_s: float, c_l: float, *,

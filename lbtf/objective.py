@@ -3,7 +3,8 @@ model's trainable weights: value, gradient and Hessian-vector products in one pa
 
 Measurement code (sharpness, Hessian, landscape) builds on this and knows nothing of how the model
 was trained. The model runs in inference mode: BN uses (and never updates) its moving statistics,
-dropout is off. Calls leave the model's weights as they found them.
+dropout is off; to measure with batch statistics instead (Keras 1's BN mode 2), pass the twin that
+`lbtf.bn.measurement_model` builds. Calls leave the model's weights as they found them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,28 @@ LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 def default_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     """Sparse categorical cross-entropy of softmax outputs (Keras uses the cached logits)."""
     return keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+
+def clipped_cross_entropy(clip: float) -> LossFn:
+    """Keras 1's cross-entropy: -log of the true class's probability clipped to [clip, 1 - clip].
+
+    Keras 1 (Theano and TensorFlow backends) clipped probabilities with its fuzz factor 1e-7 before
+    the logarithm, so one example's loss is at most -log(clip) (16.12 at 1e-7) and its gradient is
+    zero wherever the clip is active.
+    """
+    if not 0 < clip < 0.5:
+        raise ValueError(f"loss clip must lie in (0, 0.5), got {clip}; Keras 1 used 1e-7")
+
+    def loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+        p = tf.gather(y_pred, tf.cast(y_true, tf.int32), axis=-1, batch_dims=1)
+        return -tf.math.log(tf.clip_by_value(p, clip, 1.0 - clip))
+
+    return loss
+
+
+def measurement_loss(clip: float = 0.0) -> LossFn:
+    """The per-example loss of measurements: exact cross-entropy (clip 0) or Keras 1's clipped one."""
+    return clipped_cross_entropy(clip) if clip else default_loss
 
 
 def flat_weights(model: keras.Model) -> np.ndarray:
@@ -57,22 +80,41 @@ def subsample(x, y, num_examples: int | None, seed: int):
 
 
 class EvalSet:
-    """A split padded to whole evaluation batches, with a mask, so XLA sees one static shape."""
+    """A split cut into evaluation batches, as stacks of (x, y, mask) the evaluator loops over.
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int):
+    pad=True: one stack, the last batch padded with masked zeros, so XLA sees one static shape.
+    pad=False: whole batches, then the remainder as a smaller batch of its own: for networks whose
+    output depends on the batch (BN with batch statistics), where padding would change it.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, *, pad: bool = True):
         n = len(x)
         b = max(1, min(batch_size, n))
-        nb = math.ceil(n / b)
-        pad = nb * b - n
         self.n = n
-        self.x = tf.constant(np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-                             .reshape(nb, b, *x.shape[1:]))
-        self.y = tf.constant(np.concatenate([y, np.zeros(pad, y.dtype)]).reshape(nb, b))
-        self.mask = tf.constant((np.arange(nb * b) < n).astype(np.float32).reshape(nb, b))
+        self.batch_size = b
+        if pad:
+            nb = math.ceil(n / b)
+            extra = nb * b - n
+            x = np.concatenate([x, np.zeros((extra, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros(extra, y.dtype)])
+            self.parts = [_stack(x, y, (np.arange(nb * b) < n).astype(np.float32), b)]
+        else:
+            full = n // b * b
+            self.parts = [_stack(x[s], y[s], np.ones(len(y[s]), np.float32), size)
+                          for s, size in ((slice(0, full), b), (slice(full, n), n - full)) if size]
 
 
-def make_evaluator(model: keras.Model, jit_compile: bool) -> Callable[[EvalSet], tuple[float, float]]:
-    """Mean loss and accuracy of `model` in inference mode over an EvalSet."""
+def _stack(x: np.ndarray, y: np.ndarray, mask: np.ndarray, b: int) -> tuple[tf.Tensor, ...]:
+    nb = len(x) // b
+    return (tf.constant(x.reshape(nb, b, *x.shape[1:])), tf.constant(y.reshape(nb, b)),
+            tf.constant(mask.reshape(nb, b)))
+
+
+def make_evaluator(model: keras.Model, jit_compile: bool,
+                   loss: LossFn | None = None) -> Callable[[EvalSet], tuple[float, float]]:
+    """Mean loss (`loss`, default cross-entropy) and accuracy of `model` in inference mode over an
+    EvalSet."""
+    loss_fn = loss or default_loss
 
     @tf.function(jit_compile=jit_compile)
     def sums(x, y, mask):
@@ -80,14 +122,15 @@ def make_evaluator(model: keras.Model, jit_compile: bool) -> Callable[[EvalSet],
         correct = tf.constant(0.0)
         for i in tf.range(tf.shape(x)[0]):
             probs = model(x[i], training=False)
-            loss += tf.reduce_sum(default_loss(y[i], probs) * mask[i])
+            loss += tf.reduce_sum(loss_fn(y[i], probs) * mask[i])
             hit = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y[i]), tf.float32)
             correct += tf.reduce_sum(hit * mask[i])
         return loss, correct
 
     def evaluate(split: EvalSet) -> tuple[float, float]:
-        loss, correct = sums(split.x, split.y, split.mask)
-        return float(loss) / split.n, float(correct) / split.n
+        parts = [sums(*part) for part in split.parts]
+        return (sum(float(s) for s, _ in parts) / split.n,
+                sum(float(c) for _, c in parts) / split.n)
 
     return evaluate
 
@@ -112,6 +155,7 @@ class Objective:
         loss = loss or default_loss
         self._loss = lambda yt, yp: tf.reduce_mean(loss(yt, yp))
         b = min(batch_size or 4096, self.n)
+        self.batch_size = b
         nb = self.n // b
         self._chunks = []
         if nb:

@@ -1,0 +1,160 @@
+"""Batch normalisation outside training: which statistics a measurement normalises with.
+
+- `BatchNormEstimator` re-estimates the moving statistics from training data (population
+  statistics), for evaluation during training and at the points of a loss-landscape path.
+- `measurement_model(model, "batch")` builds a twin of a model whose BN layers always normalise
+  with the statistics of the batch they are given, even in inference, and whose dropout is off:
+  Keras 1's `BatchNormalization(mode=2)`, which Keskar et al.'s released code used. Measured this
+  way, f re-normalises at every evaluation, so shifts and per-channel scalings of a pre-BN layer
+  cancel; with the moving statistics ("moving") they do not. The twin has no moving statistics,
+  so measuring with it changes none.
+
+Measurement code takes the twin like any model: it holds the same trainable weights in the same
+order (`flat_weights` of the original is a point of the twin).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from lbtf.choices import MEASURE_BN
+
+
+def bn_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer with moving statistics (Keras BatchNormalization and lbtf's ghost BN)."""
+    found = []
+    for lay in model.layers:
+        if hasattr(lay, "moving_mean") and hasattr(lay, "moving_variance"):
+            found.append(lay)
+        elif isinstance(lay, keras.Model):
+            found += bn_layers(lay)
+    return found
+
+
+@keras.saving.register_keras_serializable(package="lbtf")
+class BatchStatisticsNormalization(keras.layers.Layer):
+    """BN that normalises every call with the mean and (biased) variance of its own input over all
+    axes but `axis`, training or not (Keras 1's mode 2). Holds gamma and beta, created in Keras
+    BatchNormalization's order, and no moving statistics."""
+
+    def __init__(self, axis: int | list[int] = -1, epsilon: float = 1e-3, center: bool = True,
+                 scale: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = list(axis) if isinstance(axis, list | tuple) else [axis]
+        self.epsilon, self.center, self.scale = float(epsilon), center, scale
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        self._channels = sorted(a % rank for a in self.axis)
+        self._reduce = [a for a in range(rank) if a not in self._channels]
+        shape = [input_shape[a] for a in self._channels]
+        self.gamma = self.add_weight(shape=shape, initializer="ones", name="gamma") \
+            if self.scale else None
+        self.beta = self.add_weight(shape=shape, initializer="zeros", name="beta") \
+            if self.center else None
+
+    def _broadcast(self, v, rank: int):
+        return ops.reshape(v, [v.shape[self._channels.index(a)] if a in self._channels else 1
+                               for a in range(rank)])
+
+    def call(self, inputs, training=None, mask=None):  # same statistics in training and inference
+        x = ops.cast(inputs, "float32")
+        mean, var = ops.moments(x, axes=self._reduce, keepdims=True)
+        out = (x - mean) * ops.rsqrt(var + self.epsilon)
+        rank = len(x.shape)
+        if self.scale:
+            out = out * self._broadcast(ops.cast(self.gamma, "float32"), rank)
+        if self.center:
+            out = out + self._broadcast(ops.cast(self.beta, "float32"), rank)
+        return ops.cast(out, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon,
+                "center": self.center, "scale": self.scale}
+
+
+def _batch_statistics_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """The layer of the batch-statistics twin standing for `layer`."""
+    if isinstance(layer, keras.layers.BatchNormalization):  # also lbtf's ghost BN
+        return BatchStatisticsNormalization(axis=layer.axis, epsilon=layer.epsilon,
+                                            center=layer.center, scale=layer.scale,
+                                            name=layer.name)
+    if isinstance(layer, keras.layers.Dropout):
+        return keras.layers.Identity(name=layer.name)
+    return layer.__class__.from_config(layer.get_config())
+
+
+def measurement_model(model: keras.Model, bn: str) -> keras.Model:
+    """The model to measure with: `model` itself ("moving": inference mode, BN moving statistics)
+    or its batch-statistics twin ("batch", see the module doc). Build it in the strategy scope the
+    measurement runs under."""
+    if bn == "moving":
+        return model
+    if bn != "batch":
+        raise ValueError(f"unknown BN measurement mode {bn!r}; choose one of {', '.join(MEASURE_BN)}")
+    try:
+        twin = keras.models.clone_model(model, clone_function=_batch_statistics_layer)
+    except ValueError as e:  # subclassed models cannot be cloned layer by layer
+        raise ValueError(f"measuring with batch statistics needs a functional or Sequential "
+                         f"model ({str(e).splitlines()[0][:120]})") from None
+    ours = [tuple(v.shape) for v in model.trainable_variables]
+    theirs = [tuple(v.shape) for v in twin.trainable_variables]
+    if ours != theirs:
+        raise ValueError("the batch-statistics twin does not hold the model's trainable weights "
+                         "in the same order; measure this model with bn='moving'")
+    for t, v in zip(twin.trainable_variables, model.trainable_variables, strict=True):
+        t.assign(v)
+    return twin
+
+
+def _as_list(outputs) -> list:
+    """A functional model with one output returns a tensor, not a list."""
+    return list(outputs) if isinstance(outputs, list | tuple) else [outputs]
+
+
+class BatchNormEstimator:
+    """Re-estimates every BN layer's moving statistics of `model` from data `x` (see module doc).
+
+    The data is cut into batches of `batch_size` (the last one smaller); each batch's statistics
+    are weighted by its size. The BN layers' inputs come from a probe model sharing the layers.
+    """
+
+    def __init__(self, model: keras.Model, x: np.ndarray, *, batch_size: int = 2048,
+                 jit_compile: bool = True):
+        self.layers = bn_layers(model)
+        self.n = len(x)
+        b = max(1, min(batch_size, self.n))
+        self._batches = [tf.constant(x[i:i + b]) for i in range(0, self.n, b)]
+        if self.layers:
+            probe = keras.Model(model.inputs, [lay.input for lay in self.layers])
+            axes = [[a for a in range(len(lay.input.shape)) if a not in self._channel_axes(lay)]
+                    for lay in self.layers]
+            self._moments = tf.function(
+                lambda xb: [tf.nn.moments(h, axes=ax)
+                            for h, ax in zip(_as_list(probe(xb, training=True)), axes, strict=True)],
+                jit_compile=jit_compile)
+
+    @staticmethod
+    def _channel_axes(layer) -> set[int]:
+        rank = len(layer.input.shape)
+        axis = layer.axis if isinstance(layer.axis, list | tuple) else [layer.axis]
+        return {a % rank for a in axis}
+
+    def __call__(self) -> None:
+        if not self.layers:
+            return
+        means = [0.0] * len(self.layers)
+        variances = [0.0] * len(self.layers)
+        for xb in self._batches:
+            w = int(xb.shape[0]) / self.n
+            for i, (m, v) in enumerate(self._moments(xb)):
+                means[i] = means[i] + w * m.numpy().astype(np.float64)
+                variances[i] = variances[i] + w * v.numpy().astype(np.float64)
+        for lay, m, v in zip(self.layers, means, variances, strict=True):
+            lay.moving_mean.assign(np.reshape(m, lay.moving_mean.shape))
+            lay.moving_variance.assign(np.reshape(v, lay.moving_variance.shape))
+
+

@@ -1,0 +1,94 @@
+"""lbtf.bn: BN during measurements. The batch-statistics twin (Keras 1's mode 2) against NumPy,
+its invariances, and that measuring with it changes no variable of the measured model."""
+
+import keras
+import numpy as np
+import pytest
+
+from lbtf.bn import BatchStatisticsNormalization, measurement_model
+from lbtf.layers import GhostBatchNormalization
+from lbtf.objective import EvalSet, Objective, flat_weights, make_evaluator
+from lbtf.sharpness import keskar_sharpness
+
+
+def net(seed=0, norm=keras.layers.BatchNormalization, dropout=0.5):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(8, name="pre_bn")(inp)
+    h = keras.layers.ReLU()(norm()(h))
+    h = keras.layers.Dropout(dropout)(h)
+    return keras.Model(inp, keras.layers.Dense(3, activation="softmax")(h))
+
+
+def data(n=50, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 6)).astype(np.float32), rng.integers(0, 3, n).astype(np.int32)
+
+
+def numpy_forward(model, x):
+    """Mode 2 by hand: pre-BN dense, batch mean and biased variance, gamma/beta, ReLU, softmax."""
+    w1, b1, gamma, beta, _, _, w2, b2 = (v.numpy().astype(np.float64) for v in model.weights)
+    bn = model.layers[2]
+    h = x @ w1 + b1
+    h = (h - h.mean(0)) / np.sqrt(h.var(0) + bn.epsilon) * gamma + beta
+    z = np.maximum(h, 0) @ w2 + b2
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_twin_normalises_with_batch_statistics_in_inference_like_numpy():
+    model = net()
+    x, _ = data()
+    for bn in model.layers[2].moving_mean, model.layers[2].moving_variance:
+        bn.assign(bn.numpy() + 3.0)  # moving statistics far from the batch's: must not matter
+    twin = measurement_model(model, "batch")
+    assert isinstance(twin.layers[2], BatchStatisticsNormalization)
+    np.testing.assert_allclose(twin(x, training=False).numpy(), numpy_forward(model, x),
+                               rtol=1e-4, atol=1e-6)
+    assert measurement_model(model, "moving") is model
+
+
+def test_ghost_bn_twin_and_bad_mode():
+    model = net(norm=lambda: GhostBatchNormalization(virtual_batch_size=4))
+    x, _ = data()
+    twin = measurement_model(model, "batch")  # whole-chunk statistics, not ghosts
+    np.testing.assert_allclose(twin(x).numpy(), numpy_forward(model, x), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="moving, batch"):
+        measurement_model(model, "ghost")
+
+
+def test_pre_bn_bias_shift_is_flat_with_batch_statistics_only():
+    """Shifting the bias of the dense layer feeding BN cancels in the batch mean (mode 2) but not
+    against frozen moving statistics."""
+    model = net(dropout=0.0)
+    x, y = data()
+    w = flat_weights(model)
+    shifted = w.copy()
+    shifted[6 * 8:6 * 8 + 8] += 0.7  # pre_bn's bias follows its 6 x 8 kernel in the flat vector
+    batch = Objective(measurement_model(model, "batch"), x, y, batch_size=50, jit_compile=False)
+    moving = Objective(model, x, y, batch_size=50, jit_compile=False)
+    assert batch.value_and_gradient(shifted)[0] == pytest.approx(batch.value_and_gradient(w)[0],
+                                                                 rel=1e-5)
+    assert abs(moving.value_and_gradient(shifted)[0] - moving.value_and_gradient(w)[0]) > 1e-3
+
+
+def test_batch_mode_measurement_changes_no_variable():
+    model = net()
+    x, y = data()
+    before = [v.numpy().copy() for v in model.variables]
+    twin = measurement_model(model, "batch")
+    keskar_sharpness(twin, x, y, epsilon=1e-2, subspace_dim=2, jit_compile=False)
+    for v, b in zip(model.variables, before, strict=True):
+        np.testing.assert_array_equal(v.numpy(), b)
+
+
+def test_unpadded_evaluation_normalises_each_chunk_by_itself():
+    """50 examples in chunks of 20: 20, 20 and a chunk of 10 of its own (padding would change the
+    statistics); the mean loss and accuracy weight the chunks by size."""
+    model = net()
+    x, y = data()
+    twin = measurement_model(model, "batch")
+    loss, acc = make_evaluator(twin, jit_compile=False)(EvalSet(x, y, 20, pad=False))
+    probs = np.concatenate([numpy_forward(model, x[s:s + 20]) for s in (0, 20, 40)])
+    assert loss == pytest.approx(float(np.mean(-np.log(probs[np.arange(50), y]))), rel=1e-4)
+    assert acc == pytest.approx(float(np.mean(probs.argmax(1) == y)))
