@@ -11,7 +11,11 @@ Conventions (what the paper leaves open):
 - f is the mean training loss over the whole training set (or a seeded subset when asked), with the
   network in inference mode (BN moving statistics, dropout off).
 - The maximisation is L-BFGS-B from y = 0 with `maxiter` iterations (paper: 10) on -f with
-  gradient -grad f. f_max is the largest f seen at any (feasible) point evaluated.
+  gradient -grad f; `starts=K` adds K - 1 runs from seeded uniform points of the box. f_max is the
+  largest f seen at any (feasible) point evaluated.
+- A run from y = 0 that ends before its first iteration (the projected gradient at y = 0 is below
+  L-BFGS-B's pgtol) is flagged `stopped_at_start`: its phi = 0 says the optimiser never moved, not
+  that f cannot rise in the box.
 """
 
 from __future__ import annotations
@@ -48,6 +52,10 @@ class SharpnessResult:
     num_examples: int
     streamed: bool            # subspace generated block by block
     seconds: float
+    driver: str = ""          # the L-BFGS-B path that ran (lbtf.lbfgsb.FAST or PUBLIC)
+    starts: int = 1           # L-BFGS-B runs: from y = 0 and from starts - 1 random points
+    best_start: int = 0       # the run that found f_max (0: the one from y = 0)
+    stopped_at_start: bool = False  # the run from y = 0 made no iteration (phi = 0 is no result)
 
 
 def sharpness_value(f_x: float, f_max: float) -> float:
@@ -183,9 +191,17 @@ class Subspace:
         return scipy.linalg.solve_triangular(r2 @ r1, qtx)
 
 
+def start_points(halfwidths: np.ndarray, starts: int, seed: int) -> list[np.ndarray]:
+    """y = 0, then starts - 1 points drawn uniformly from the box |y| <= halfwidths (seeded)."""
+    rng = np.random.default_rng([seed, 7919])
+    return [np.zeros_like(halfwidths)] + [rng.uniform(-halfwidths, halfwidths)
+                                          for _ in range(starts - 1)]
+
+
 def maximize_in_box(objective: Objective, x0: np.ndarray, halfwidths: np.ndarray,
-                    subspace: Subspace | None, maxiter: int):
-    """L-BFGS-B on -f(x0 + A y) over |y| <= halfwidths, from y = 0; returns (result, f(x0), best f).
+                    subspace: Subspace | None, maxiter: int, *, starts: int = 1, seed: int = 0):
+    """L-BFGS-B on -f(x0 + A y) over |y| <= halfwidths from each of `start_points`; returns
+    (the L-BFGS-B results, f(x0), the largest f seen, the index of the run that saw it).
 
     The gradient handed to L-BFGS-B is -A^T grad f: the gradient of the minimised function. (Returning
     +grad f with -f, as a public implementation does, breaks the line search.)
@@ -198,15 +214,20 @@ def maximize_in_box(objective: Objective, x0: np.ndarray, halfwidths: np.ndarray
         seen.append(f)
         return -f, -(g if subspace is None else subspace.rmatvec(g))
 
-    res = minimize_box(negated, np.zeros_like(halfwidths), -halfwidths, halfwidths, maxiter=maxiter)
-    return res, seen[0], max(seen)
+    results, best, best_start = [], -np.inf, 0
+    for k, y0 in enumerate(start_points(halfwidths, starts, seed)):
+        first = len(seen)
+        results.append(minimize_box(negated, y0, -halfwidths, halfwidths, maxiter=maxiter))
+        if max(seen[first:]) > best:
+            best, best_start = max(seen[first:]), k
+    return results, seen[0], best, best_start
 
 
 def keskar_sharpness(model: keras.Model, x, y, *, epsilon: float, subspace_dim: int | None = None,
                      subspace: np.ndarray | None = None, maxiter: int = 10, seed: int = 0,
                      loss: LossFn | None = None, batch_size: int | None = None,
                      num_examples: int | None = None, memory_budget_mb: float = 1024,
-                     jit_compile: bool = True,
+                     jit_compile: bool = True, starts: int = 1,
                      strategy: tf.distribute.Strategy | None = None) -> SharpnessResult:
     """Metric 2.1 of `model` at its current weights over (x, y), the training data.
 
@@ -214,7 +235,9 @@ def keskar_sharpness(model: keras.Model, x, y, *, epsilon: float, subspace_dim: 
     A (rows in `model.trainable_variables` order). Above `memory_budget_mb` a drawn A is streamed
     block by block. `num_examples` evaluates f on a seeded random subset. `x, y` may be arrays or a
     tf.data.Dataset of (x, y) batches. With `strategy` (the model built in its scope) the passes
-    over the data are spread over its replicas. The model's weights are left exactly as they were.
+    over the data are spread over its replicas. `starts` > 1 also maximises from seeded random
+    points of the box. The model's weights are left exactly as they were. For Keras 1's batch-
+    statistics BN, pass `lbtf.bn.measurement_model(model, "batch")`.
     """
     start = time.perf_counter()
     if isinstance(x, tf.data.Dataset):
@@ -228,25 +251,29 @@ def keskar_sharpness(model: keras.Model, x, y, *, epsilon: float, subspace_dim: 
         if subspace is not None or subspace_dim is not None:
             p = subspace.shape[1] if subspace is not None else subspace_dim
             a = Subspace(len(x0), p, seed=seed, matrix=subspace, memory_budget_mb=memory_budget_mb)
-        result = sharpness_at(objective, x0, epsilon=epsilon, subspace=a, maxiter=maxiter)
+        result = sharpness_at(objective, x0, epsilon=epsilon, subspace=a, maxiter=maxiter,
+                              starts=starts, seed=seed)
     return dataclasses.replace(result, seconds=time.perf_counter() - start)
 
 
 def sharpness_at(objective: Objective, x0: np.ndarray, *, epsilon: float,
                  subspace: Subspace | None = None, center: np.ndarray | None = None,
-                 maxiter: int = 10) -> SharpnessResult:
+                 maxiter: int = 10, starts: int = 1, seed: int = 0) -> SharpnessResult:
     """Metric 2.1 at flat weights x0 for a prepared objective and subspace (None: full space).
 
-    `center` may pass a precomputed A+ x0, to share it between several epsilons.
+    `center` may pass a precomputed A+ x0, to share it between several epsilons. `nit` and `nfev`
+    add up every start's; `message` and `success` are those of the run that found f_max.
     """
     start = time.perf_counter()
     if center is None:
         center = x0 if subspace is None else subspace.pinv_apply(x0)
-    res, f_x, f_max = maximize_in_box(objective, x0, box_halfwidths(center, epsilon), subspace,
-                                      maxiter)
+    results, f_x, f_max, best = maximize_in_box(objective, x0, box_halfwidths(center, epsilon),
+                                                subspace, maxiter, starts=starts, seed=seed)
     return SharpnessResult(
         value=sharpness_value(f_x, f_max), f_x=f_x, f_max=f_max, epsilon=epsilon,
-        subspace_dim=None if subspace is None else subspace.p, nit=int(res.nit),
-        nfev=int(res.nfev), message=str(res.message), success=bool(res.success),
+        subspace_dim=None if subspace is None else subspace.p,
+        nit=sum(int(r.nit) for r in results), nfev=sum(int(r.nfev) for r in results),
+        message=str(results[best].message), success=bool(results[best].success),
         num_examples=objective.n, streamed=bool(subspace is not None and subspace.streamed),
-        seconds=time.perf_counter() - start)
+        seconds=time.perf_counter() - start, driver=results[0].driver, starts=starts,
+        best_start=best, stopped_at_start=int(results[0].nit) == 0)

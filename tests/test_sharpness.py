@@ -160,8 +160,10 @@ def test_hessian_vector_products_and_top_eigenvalues():
     assert found.num_hvp > 0 and found.eigenvalues[0] > 0
 
 
-def test_fast_lbfgsb_driver_equals_scipy_minimize():
-    from lbtf.lbfgsb import minimize_box
+def test_fast_lbfgsb_driver_equals_scipy_minimize(monkeypatch):
+    import scipy.optimize
+
+    from lbtf.lbfgsb import FAST, PUBLIC, minimize_box
 
     rng = np.random.default_rng(0)
     q = rng.normal(size=(30, 30))
@@ -172,8 +174,14 @@ def test_fast_lbfgsb_driver_equals_scipy_minimize():
         return f, -(q + q.T) @ x + 4 * x**3 + b
 
     lo, hi = -np.full(30, 0.5), np.linspace(0.1, 1.0, 30)
-    fast = minimize_box(fun, np.zeros(30), lo, hi, maxiter=10)
     slow = minimize_box(fun, np.zeros(30), lo, hi, maxiter=10, fast=False)
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the fast driver fell back on scipy.optimize.minimize")
+
+    monkeypatch.setattr(scipy.optimize, "minimize", no_fallback)
+    fast = minimize_box(fun, np.zeros(30), lo, hi, maxiter=10)
+    assert (fast.driver, slow.driver) == (FAST, PUBLIC)
     np.testing.assert_array_equal(fast.x, slow.x)
     assert (fast.nit, fast.nfev, fast.message) == (slow.nit, slow.nfev, slow.message)
     assert fast.fun == slow.fun and fast.nit == 10
@@ -200,3 +208,90 @@ def test_two_replicas_give_the_same_sharpness_and_curvature():
     e1 = top_eigenvalues(one, x, y, tol=1e-6).eigenvalues[0]
     e2 = top_eigenvalues(two, x, y, tol=1e-6, strategy=mirrored).eigenvalues[0]
     assert e2 == pytest.approx(e1, rel=1e-4)
+
+
+def test_clipped_loss_is_keras1_and_caps_every_example():
+    from lbtf.objective import clipped_cross_entropy
+
+    probs = np.array([[1.0, 0.0, 0.0], [0.2, 0.5, 0.3], [1e-12, 1 - 1e-12, 0.0]], np.float32)
+    y = np.array([1, 1, 0], np.int32)
+    c = 1e-7
+    got = clipped_cross_entropy(c)(tf.constant(y), tf.constant(probs)).numpy()
+    expected = -np.log(np.clip(probs[np.arange(3), y].astype(np.float64), c, 1 - c))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert got.max() == pytest.approx(-np.log(c), rel=1e-5)  # 16.118: the Keras 1 ceiling
+    with pytest.raises(ValueError, match="1e-7"):
+        clipped_cross_entropy(0.7)
+
+
+class SquaredNorm:
+    """f(w) = sum(w^2), a stand-in objective: its gradient vanishes at w = 0."""
+    n = 1
+    size = 4
+
+    def value_and_gradient(self, w):
+        return float(w @ w), 2 * w
+
+
+def test_stop_at_start_is_flagged_and_random_starts_find_the_corners():
+    """At x = 0 the gradient of sum(w^2) is 0: L-BFGS-B from y = 0 ends before its first iteration
+    (phi = 0, flagged). From random points it climbs to a corner of the box: f_max = 4 (1 + 0)^2
+    for eps = 1 in four dimensions."""
+    from lbtf.sharpness import sharpness_at
+
+    x0 = np.zeros(4)
+    one = sharpness_at(SquaredNorm(), x0, epsilon=1.0)
+    assert one.value == 0 and one.nit == 0 and one.stopped_at_start
+    three = sharpness_at(SquaredNorm(), x0, epsilon=1.0, starts=3, seed=5)
+    assert three.f_max == pytest.approx(4.0) and three.best_start in (1, 2)
+    assert three.value == pytest.approx(sharpness_value(0.0, 4.0)) and three.stopped_at_start
+
+
+def test_report_marks_stopped_measurements():
+    import pandas as pd
+
+    from lbtf.report import sharpness_markdown
+
+    rows = pd.DataFrame([{"measure": "sharpness", "space": "full", "bn": "moving", "epsilon": 1e-3,
+                          "regime": r, "trial": t, "value": v, "stopped_at_start": s}
+                         for r, t, v, s in (("SB", 0, 0.0, True), ("SB", 1, 2.0, False),
+                                            ("LB", 0, 5.0, False), ("LB", 1, 7.0, False))])
+    text = sharpness_markdown(rows, space="full", network="F1", dataset="d")
+    assert "1.00 ± 1.41 (median 1.00; 0.00–2.00) †1" in text and "†k: k of the" in text
+    assert "6.00 ± 1.41 (median 6.00; 5.00–7.00) |" in text
+
+
+def test_an_objective_that_raises_propagates():
+    from lbtf.lbfgsb import minimize_box
+
+    calls = []
+
+    def fun(x):
+        calls.append(1)
+        if len(calls) == 3:
+            raise TypeError("objective failed")
+        return float(x @ x), 2 * x
+
+    with pytest.raises(TypeError, match="objective failed"):
+        minimize_box(fun, np.ones(3), -np.full(3, 2.0), np.full(3, 2.0), maxiter=10)
+    assert len(calls) == 3  # not retried through scipy.optimize.minimize
+
+
+def test_missing_fast_routine_warns_once_and_records_the_public_path(monkeypatch, capsys):
+    from lbtf import lbfgsb
+
+    def stub(*args, **kwargs):  # scipy <= 1.14's Fortran-era setulb fails the call like this
+        raise TypeError("setulb() takes a different argument list")
+
+    lbfgsb.fast_path_available.cache_clear()
+    monkeypatch.setattr(lbfgsb, "_driver", stub)
+    try:
+        res = lbfgsb.minimize_box(lambda x: (float(x @ x), 2 * x), np.ones(2), -np.ones(2),
+                                  np.ones(2), maxiter=5)
+        lbfgsb.minimize_box(lambda x: (float(x @ x), 2 * x), np.ones(2), -np.ones(2),
+                            np.ones(2), maxiter=5)
+    finally:
+        lbfgsb.fast_path_available.cache_clear()
+    assert res.driver == lbfgsb.PUBLIC and np.allclose(res.x, 0, atol=1e-6)
+    warning = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(warning) == 1 and "scipy.optimize.minimize" in warning[0]
