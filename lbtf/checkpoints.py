@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from lbtf.errors import WRITE_FAILED_HINT, UsageError
+from lbtf.runs import read_path
 
 
 class RunState(tf.train.experimental.PythonState):
@@ -78,3 +79,10 @@ class Checkpoints:
 def restore_weights(model: keras.Model, checkpoint: str) -> None:
     """Loads a weights checkpoint written by `fit` into a model of the same architecture."""
     tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
+
+
+def checkpoint_at(checkpoint_dir: str | Path, epoch: int | None = None) -> str:
+    """The weights checkpoint of `epoch` (None: the last kept one) in a run's checkpoint folder."""
+    folder = read_path(checkpoint_dir)
+    return (tf.train.latest_checkpoint(str(folder)) if epoch is None
+            else str(folder / f"weights-{epoch}"))

@@ -19,12 +19,12 @@ import numpy as np
 import tensorflow as tf
 
 from lbtf import remedies
+from lbtf.bn import BatchNormEstimator, bn_layers
 from lbtf.checkpoints import Checkpoints, restore_weights  # noqa: F401  (re-exported)
 from lbtf.choices import parse_batch_size
 from lbtf.data import Dataset
 from lbtf.distribute import split_columns
 from lbtf.errors import UsageError
-from lbtf.landscape import BatchNormEstimator, bn_layers
 from lbtf.objective import EvalSet, make_evaluator
 from lbtf.objective import default_loss as per_example_loss
 
@@ -91,6 +91,14 @@ def should_stop(losses: Sequence[float], *, patience: int, min_delta: float) -> 
     if len(losses) <= patience:
         return False
     return min(losses[-patience:]) > min(losses[:-patience]) - min_delta
+
+
+def best_epoch(history: Sequence[dict]) -> int:
+    """The epoch with the lowest (finite) training loss; the first of equals. Measurements take
+    this point by default: a run stopped by patience may end on an Adam spike, off its minimum."""
+    # A record read back from JSON holds a non-finite loss as None.
+    finite = [h for h in history if h["train_loss"] is not None and math.isfinite(h["train_loss"])]
+    return min(finite, key=lambda h: h["train_loss"])["epoch"] if finite else 0
 
 
 def epoch_indices(rng: np.random.Generator, n: int, batch_size: int) -> np.ndarray:
@@ -330,7 +338,8 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
     The training loss that drives stopping is measured over the whole training set after each
     epoch, in inference mode, like the accuracies the paper reports. `seed` drives the shuffling.
     The run starts from the trainer's current weights. Weights are checkpointed at epoch 0 (the
-    starting point), every `checkpoint_every` epochs and at the end; a resume checkpoint after
+    starting point), every `checkpoint_every` epochs, at every new lowest training loss (the
+    point measurements take by default, see `best_epoch`) and at the end; a resume checkpoint after
     every epoch. When `checkpoint_dir` holds one, the run continues from it: with deterministic
     ops it ends exactly as an uninterrupted run. A diverged run (non-finite loss) stops without
     saving its non-finite weights, so the latest weights checkpoint is its last finite iterate.
@@ -361,7 +370,8 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
             + ("  DIVERGED: non-finite loss" if reason == "diverged" else ""))
         if ckpts is None:
             continue
-        keep = reason is not None or (cfg.checkpoint_every and row["epoch"] % cfg.checkpoint_every == 0)
+        keep = (reason is not None or row["epoch"] == best_epoch(history)
+                or (cfg.checkpoint_every and row["epoch"] % cfg.checkpoint_every == 0))
         if keep and reason != "diverged":
             ckpts.save_weights(row["epoch"])
         ckpts.save_state(row["epoch"], {

@@ -102,6 +102,35 @@ def test_fit_checkpoints_every_epoch_and_the_last_is_final(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_best_epoch_is_the_lowest_finite_training_loss():
+    from lbtf.train import best_epoch
+
+    losses = [0.5, 0.1, 0.3, 0.1, float("nan")]
+    assert best_epoch([{"epoch": i + 1, "train_loss": v} for i, v in enumerate(losses)]) == 2
+
+
+def test_fit_keeps_the_best_epoch_even_when_keeping_no_others(tmp_path):
+    """checkpoint_every=0 keeps the start, every new lowest training loss and the last epoch, so
+    the measured point (the best epoch) can always be loaded."""
+    from lbtf.experiments.common import at_point
+
+    trainer = Trainer(mlp, DATA, TrainConfig(batch_size=32, max_epochs=6, patience=10,
+                                             checkpoint_every=0, learning_rate=0.3))
+    result = fit(trainer, checkpoint_dir=tmp_path, log=lambda s: None)
+    losses = [h["train_loss"] for h in result.history]
+    kept = {int(c.rsplit("-", 1)[1]) for c in
+            tf.train.get_checkpoint_state(str(tmp_path)).all_model_checkpoint_paths}
+    records = {i + 1 for i, v in enumerate(losses) if v == min(losses[:i + 1])}
+    assert kept == {0, 6} | records
+    record = {"history": result.history, "stop_reason": result.stop_reason,
+              "checkpoint_dir": str(tmp_path)}
+    best = at_point(record, "best")
+    assert best["measured_epoch"] == 1 + int(np.argmin(losses))
+    assert best["train_loss"] == min(losses) and best["checkpoint"].endswith(
+        f"weights-{best['measured_epoch']}")
+    assert at_point(record, "last")["measured_epoch"] == 6
+
+
 def test_fit_stops_when_the_loss_stops_improving():
     trainer = Trainer(mlp, DATA, TrainConfig(batch_size=32, max_epochs=200, patience=2,
                                              min_delta=10.0))  # nothing improves by 10
