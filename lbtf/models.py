@@ -84,7 +84,7 @@ def check_compatible(name: str, input_shape: tuple[int, ...]) -> None:
     if name.startswith("C") and len(input_shape) != 3:
         raise UsageError(f"network {name} needs image inputs (height, width, channels) but the "
                          f"dataset's inputs have shape {tuple(input_shape)}; use F1/F2 or an image "
-                         "dataset (digits, mnist, cifar10, cifar100)")
+                         "dataset (cluttered_digits, digits, mnist, cifar10, cifar100)")
 
 
 def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
