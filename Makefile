@@ -8,7 +8,7 @@ STAMP := $(VENV)/.lbtf-installed
 # Quiet TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) so progress lines stay readable.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo results test bench lint install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) run_experiments.py
+
+# The README's Results section from a finished demo run (default: the newest table2 run folder).
+RUN ?= $(shell ls -dt outputs/table2_*/ 2>/dev/null | head -n 1)
+results: $(STAMP)
+	$(PY) -m lbtf.readme $(RUN)
 
 test: $(STAMP)
 	$(PY) -m ruff check .

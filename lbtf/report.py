@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lbtf.models import NETWORKS
+from lbtf.choices import NETWORKS
 
 # Keskar et al. (2017), Table 2: accuracy in percent, (mean, std) over 5 trials.
 PAPER_TABLE2 = {
@@ -56,9 +56,10 @@ def table2_markdown(summary: pd.DataFrame, *, network: str, dataset: str) -> str
 
 
 def runs_markdown(runs: pd.DataFrame) -> str:
-    """One line per training run: trial, regime, batch, epochs, stop reason, final metrics."""
-    cols = ["trial", "regime", "batch_size", "epochs", "stop_reason", "train_loss", "train_acc",
-            "test_loss", "test_acc", "seconds"]
+    """One line per training run: trial, regime, batch, epochs, stop reason, and the metrics at
+    its measured point."""
+    cols = [c for c in ("trial", "regime", "batch_size", "epochs", "stop_reason", "measured_epoch",
+                        "train_loss", "train_acc", "test_loss", "test_acc", "seconds") if c in runs]
     shown = runs[cols].copy()
     for c in ("train_acc", "test_acc"):
         shown[c] = (100 * shown[c]).round(2)
@@ -99,19 +100,66 @@ PAPER_TABLE4 = _paper_sharpness({
                 (19.85, 4.12)]})
 
 
+def num(value: float) -> str:
+    """Two decimals from 1 up (as the paper prints), three significant digits below."""
+    return f"{value:.2f}" if abs(value) >= 1 or value == 0 else f"{value:.3g}"
+
+
+def spread_cell(values: pd.Series, stopped: int = 0) -> str:
+    """mean ± std, then median and min–max over trials; "†k": k of them stopped before their first
+    L-BFGS-B iteration."""
+    v = values.astype(float)
+    m, s = mean_std(v)
+    cell = f"{num(m)} ± {num(s)} (median {num(v.median())}; {num(v.min())}–{num(v.max())})"
+    return cell + (f" †{stopped}" if stopped else "")
+
+
+STOPPED_NOTE = ("†k: k of the measurements stopped before their first L-BFGS-B iteration (the "
+                "projected gradient at the minimiser was below pgtol): their φ = 0 means the "
+                "optimiser never moved, not that f cannot rise in the box.")
+BN_LABEL = {"moving": "moving BN", "batch": "batch-statistics BN"}
+
+
 def sharpness_markdown(table: pd.DataFrame, *, space: str, network: str, dataset: str) -> str:
-    """Table 3 (space='full') or Table 4 ('subspace') analogue: mean ± std over trials of the
-    sharpness of the SB and LB minimisers at each eps, beside the paper's row."""
+    """Table 3 (space='full') or Table 4 ('subspace') analogue: the sharpness of the SB and LB
+    minimisers at each eps over trials, one row per BN measurement mode, beside the paper's row."""
     rows = table[(table.measure == "sharpness") & (table.space == space)]
+    if "bn" not in rows:
+        rows = rows.assign(bn="moving")
     paper = (PAPER_TABLE3 if space == "full" else PAPER_TABLE4).get(network, {})
-    ours, theirs = {"": f"lbtf, {network} on {dataset}"}, {"": f"paper, {network}"}
-    for eps in sorted(rows.epsilon.unique(), reverse=True):
-        for regime in ("SB", "LB"):
-            col = f"ε = {eps:g} {regime}"
-            cell = rows[(rows.epsilon == eps) & (rows.regime == regime)].value
-            ours[col] = fmt(*mean_std(cell)) if len(cell) else "–"
-            theirs[col] = fmt(*paper[(eps, regime)]) if (eps, regime) in paper else "–"
-    return pd.DataFrame([ours, theirs] if paper else [ours]).to_markdown(index=False)
+    columns = [(eps, regime) for eps in sorted(rows.epsilon.unique(), reverse=True)
+               for regime in ("SB", "LB")]
+    out, stopped_any = [], False
+    for mode, by_mode in rows.groupby("bn", sort=False):
+        ours = {"": f"lbtf, {network} on {dataset}, {BN_LABEL.get(mode, mode)}"}
+        for eps, regime in columns:
+            cell = by_mode[(by_mode.epsilon == eps) & (by_mode.regime == regime)]
+            stopped = int(cell["stopped_at_start"].sum()) if "stopped_at_start" in cell else 0
+            stopped_any |= stopped > 0
+            ours[f"ε = {eps:g} {regime}"] = spread_cell(cell.value, stopped) if len(cell) else "–"
+        out.append(ours)
+    if paper:
+        out.append({"": f"paper, {network}", **{
+            f"ε = {eps:g} {regime}": fmt(*paper[(eps, regime)]) if (eps, regime) in paper else "–"
+            for eps, regime in columns}})
+    text = pd.DataFrame(out).to_markdown(index=False)
+    return text + ("\n\n" + STOPPED_NOTE if stopped_any else "")
+
+
+def sharper_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (BN mode, space, eps): in how many trials the LB minimiser is sharper than the SB one of
+    the same trial, and the median LB / SB ratio."""
+    rows = table[table.measure == "sharpness"]
+    if "bn" not in rows:
+        rows = rows.assign(bn="moving")
+    wide = rows.pivot_table(index=["bn", "space", "epsilon", "trial"], columns="regime",
+                            values="value").dropna()
+    out = []
+    for (mode, space, eps), g in wide.groupby(level=[0, 1, 2], sort=False):
+        ratio = g.LB / g.SB.where(g.SB > 0)
+        out.append({"bn": mode, "space": space, "epsilon": eps, "trials": len(g),
+                    "lb_sharper": int((g.LB > g.SB).sum()), "median_ratio": float(ratio.median())})
+    return pd.DataFrame(out)
 
 
 def eigenvalue_markdown(table: pd.DataFrame) -> str:
@@ -123,9 +171,14 @@ def eigenvalue_markdown(table: pd.DataFrame) -> str:
 
 def measurements_markdown(table: pd.DataFrame) -> str:
     """Every measurement on one line, with the optimiser's status."""
-    cols = [c for c in ("trial", "regime", "measure", "space", "epsilon", "value", "f_x",
-                        "f_max", "nit", "nfev", "message") if c in table]
-    return table[cols].to_markdown(index=False, floatfmt=".4g")
+    cols = [c for c in ("trial", "regime", "measure", "bn", "space", "epsilon", "value", "f_x",
+                        "f_max", "nit", "nfev", "best_start", "message") if c in table]
+    shown = table[cols].copy()
+    if "stopped_at_start" in table:
+        shown["message"] = [m if not s else f"STOPPED BEFORE ITS FIRST ITERATION: {m}"
+                            for m, s in zip(table.message, table.stopped_at_start.fillna(False),
+                                            strict=True)]
+    return shown.to_markdown(index=False, floatfmt=".4g")
 
 
 def distance_markdown(table: pd.DataFrame) -> str:

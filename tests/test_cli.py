@@ -5,7 +5,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import scipy
 from conftest import run_cli
+
+from lbtf.lbfgsb import FAST
 
 TINY = ["--mnist1d_samples=500", "--max_epochs=3", "--trials=2", "--patience=2", "--nosharpness",
         "--parametric_points=4"]
@@ -35,6 +38,10 @@ def error_lines(stderr: str) -> list[str]:
     (["--alpha_min=2", "--alpha_max=1"], "--alpha_min must be below --alpha_max"),
     (["--parametric_trial=2"], "needs at least 3 --trials"),
     (["--bn_stats=guess"], "--bn_stats"),
+    (["--measure_bn=moving,frozen"], "--measure_bn takes one or both of moving, batch"),
+    (["--loss_clip=0.5"], "--loss_clip"),
+    (["--measure_point=first"], "--measure_point"),
+    (["--sharpness_starts=0"], "--sharpness_starts"),
     (["--experiment=batch_sweep", "--batch_sizes=64,0"], "positive integer"),
     (["--experiment=warm_start", "--warm_start_epochs=0"], "--warm_start_epochs"),
     (["--run_name=../elsewhere"], "--run_name must be a plain folder name"),
@@ -94,7 +101,8 @@ def _make_bad_file(arg: str, tmp_path) -> str:
 
 
 def test_table2_end_to_end(data_dir, tmp_path):
-    proc = run_cli(f"--data_dir={data_dir}", f"--output_dir={tmp_path}", *TINY)
+    proc = run_cli(f"--data_dir={data_dir}", f"--output_dir={tmp_path}", *TINY,
+                   "--sb_batch_size=256")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epoch   1" in proc.stdout and "report:" in proc.stdout
     (run,) = tmp_path.iterdir()
@@ -118,12 +126,25 @@ def test_table2_end_to_end(data_dir, tmp_path):
     ckpt = run / "checkpoints" / "trial1_LB"
     assert (ckpt / "weights-0.index").is_file() and (ckpt / "checkpoint").is_file()
     # Figures 2 and 3 as PNG and PDF, embedded in the report and logged to TensorBoard.
-    for name in ("figure2_training_curves", "figure3_parametric_linear"):
+    for name in ("figure2_training_curves", "figure3_parametric_linear_movingbn",
+                 "figure3_parametric_linear_batchbn"):
         assert (run / f"{name}.png").stat().st_size > 1000 and (run / f"{name}.pdf").is_file()
         assert f"]({name}.png)" in report
     assert any((run / "tb" / "figures").iterdir())
-    linear = pd.DataFrame(results["parametric"]["linear"])
-    assert list(linear.alpha) == [-1, 0, 1, 2] and linear.train_loss.notna().all()
+    for mode in ("moving", "batch"):
+        linear = pd.DataFrame(results["parametric"][f"linear/{mode}"])
+        assert list(linear.alpha) == [-1, 0, 1, 2] and linear.train_loss.notna().all()
+    # Every run is measured at its epoch of lowest training loss; Table 2 reports that epoch.
+    for r in results["runs"]:
+        rows = history[(history.trial == r["trial"]) & (history.regime == r["regime"])]
+        best = rows.loc[rows.train_loss.idxmin()]
+        assert r["measured_epoch"] == best.epoch and r["test_acc"] == pytest.approx(best.test_acc)
+        assert r["checkpoint"].endswith(f"weights-{int(best.epoch)}")
+    # What produced the numbers: versions and the L-BFGS-B path.
+    env = results["environment"]
+    assert {"python", "tensorflow", "keras", "numpy", "scipy", "mnist1d"} <= env.keys()
+    assert env["scipy"] == scipy.__version__ and env["lbfgsb"].startswith("setulb")
+    assert results["measurement"]["loss_clip"] == 1e-7 and results["measurement"]["point"] == "best"
     dist = pd.DataFrame(results["distances"])
     assert list(dist.trial) == [0, 1] and (dist.sb_distance > 0).all()
     assert dist.ratio.to_numpy() == pytest.approx(dist.sb_distance / dist.lb_distance)
@@ -152,13 +173,15 @@ def test_table2_reports_sharpness_tables(data_dir, tmp_path):
     results = json.loads((run / "results.json").read_text())
     m = pd.DataFrame(results["measurements"])
     sharp = m[m.measure == "sharpness"]
-    assert sorted(zip(sharp.regime, sharp.space, strict=True)) == [
-        ("LB", "full"), ("LB", "subspace"), ("SB", "full"), ("SB", "subspace")]
-    assert (sharp.value >= 0).all() and (sharp.nit <= 2).all()
+    assert sorted(zip(sharp.bn, sharp.regime, sharp.space, strict=True)) == [
+        (bn, r, s) for bn in ("batch", "moving") for r in ("LB", "SB") for s in ("full", "subspace")]
+    assert (sharp.nit <= 2).all() and (sharp.loss_clip == 1e-7).all()
+    assert (sharp.driver == FAST).all() and (sharp.bn_chunk[sharp.bn == "batch"] == 400).all()
     assert not sharp.message.str.contains("ABNORMAL").any()
-    assert (m[m.measure == "hessian"].value > 0).sum() == 2
+    assert (m[m.measure == "hessian"].value > 0).sum() == 4
     report = (run / "report.md").read_text()
-    assert "## Table 3" in report and "## Table 4" in report and "205.14 ± 69.52" in report
+    assert "## Table 3" in report and "## Table 4" in report
+    assert "moving BN" in report and "batch-statistics BN" in report
     assert "largest Hessian eigenvalue" in report
     summary = proc.stdout.rsplit("measuring the sharpness", 1)[1]  # printed at the end of the run
     assert "## Table 3" in summary and "## Curvature cross-check" in summary
@@ -169,9 +192,11 @@ def test_table2_reports_sharpness_tables(data_dir, tmp_path):
                    f"--output_dir={out}", "--mnist1d_samples=500", *SHARP, "--subspace_dim=0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (again,) = out.iterdir()
-    value = json.loads((again / "results.json").read_text())["measurements"][0]["value"]
-    first = sharp[(sharp.regime == "LB") & (sharp.space == "full")].value.iloc[0]
-    assert value == pytest.approx(first, rel=1e-4)
+    again_m = pd.DataFrame(json.loads((again / "results.json").read_text())["measurements"])
+    for bn in ("moving", "batch"):
+        value = again_m[again_m.bn == bn].value.iloc[0]
+        first = sharp[(sharp.regime == "LB") & (sharp.space == "full") & (sharp.bn == bn)].value
+        assert value == pytest.approx(first.iloc[0], rel=1e-4)
 
 
 @pytest.mark.parametrize("checkpoint,expect", [

@@ -38,9 +38,9 @@ def test_flagfile_parses(path, fresh_flags):
     assert fresh_flags.experiment == ARTIFACTS[artifact][0] and fresh_flags.network == network
     batches = (fresh_flags.sb_batch_size, fresh_flags.lb_batch_size)
     if path.stem.endswith("_cpu"):
-        assert fresh_flags.dataset in ("mnist1d", "digits")  # embedded: no download
-        # 10% of the 1437 digits is below 256: the digits variants keep the ratio instead.
-        assert batches == (("256", "0.1") if network.startswith("F") else ("32", "0.5"))
+        # Embedded data, no download; one batch rule for every twin: SB 32 and LB 10%.
+        assert fresh_flags.dataset == ("mnist1d" if network.startswith("F") else "cluttered_digits")
+        assert batches == ("32", "0.1")
     else:
         assert batches == ("256", "0.1")
         assert fresh_flags.dataset == PAPER_DATASET[network]

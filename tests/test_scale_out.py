@@ -150,9 +150,9 @@ def test_two_workers_train_like_one_process_resume_after_a_kill_and_measure_alik
                f"--output_dir={tmp_path}"]
     assert run_cli(*measure, "--run_name=sharp1").returncode == 0
     finish(start_workers([*measure, "--run_name=sharp2"], tmp_path / "logs"), tmp_path / "logs")
-    values = [json.loads((tmp_path / r / "results.json").read_text())["measurements"][0]["value"]
-              for r in ("sharp1", "sharp2")]
-    assert values[0] > 0 and values[1] == pytest.approx(values[0], rel=1e-4)
+    values = [[m["value"] for m in json.loads((tmp_path / r / "results.json").read_text())[
+        "measurements"]] for r in ("sharp1", "sharp2")]  # moving, then batch-statistics BN
+    assert len(values[0]) == 2 and values[1] == pytest.approx(values[0], rel=1e-4)
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_results(data_dir, tmp_path):
@@ -173,7 +173,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_results(data_dir, tmp_pat
     assert re.search(r"\[trial 2/2 B40 B=40\] resumed after epoch \d+", again.stdout)
     whole, resumed = (json.loads((tmp_path / r / "results.json").read_text())
                       for r in ("whole", "killed"))
-    drop = ["seconds", "checkpoint_dir"]
+    drop = ["seconds", "checkpoint_dir", "checkpoint"]  # paths differ by run folder
     pd.testing.assert_frame_equal(pd.DataFrame(resumed["runs"]).drop(columns=drop),
                                   pd.DataFrame(whole["runs"]).drop(columns=drop))
     pd.testing.assert_frame_equal(pd.read_csv(run / "history.csv").drop(columns="seconds"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from lbtf import figures, report
-from lbtf.experiments import common, parametric, sharpness
+from lbtf.experiments import common, sharpness
 
 
 def run(flags, log=print):
@@ -28,15 +28,15 @@ def run(flags, log=print):
     if flags.sharpness:
         log("measuring the sharpness of every final iterate")
         minimizers = [{"trial": r.trial, "regime": r.regime, "batch_size": r.batch_size,
-                       "checkpoint": parametric.checkpoint_at(r.checkpoint_dir)}
+                       "checkpoint": r.checkpoint}
                       for r in runs.itertuples()]
         found = sharpness.measure_minimizers(flags, data, minimizers, strategy=strategy, log=log,
                                              cache_dir=run_dir / "measurements")
-    sharp = found[found.measure == "sharpness"] if "measure" in found else found
+    sharp = common.primary_sharpness(found, flags.measure_bn)
     writer = common.summary_writer(run_dir, "figures")
     fig = figures.batch_sweep(accuracy, sharp, title=f"Figure 4: {flags.network} on {data.name}")
-    caption = ("Figure 4: test accuracy of the final iterate (left) and its sharpness (right) "
-               "against the batch size; means over trials.")
+    caption = ("Figure 4: test accuracy of the measured iterate (left) and its sharpness (right, "
+               f"{flags.measure_bn[0]} BN) against the batch size; means over trials.")
     table = _sweep_table(accuracy, sharp)
     text = "\n\n".join([
         f"# Figure 4: accuracy and sharpness against batch size, {flags.network} on {data.name}",
@@ -47,6 +47,7 @@ def run(flags, log=print):
     results = {"experiment": "batch_sweep", "network": flags.network, "dataset": data.name,
                "batch_sizes": list(batches.values()),
                "environment": common.environment(strategy),
+               "measurement": common.measurement_record(flags),
                "accuracy": accuracy.to_dict(orient="records"),
                "runs": all_runs.to_dict(orient="records"),
                "diverged": common.diverged_names(all_runs),

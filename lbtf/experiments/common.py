@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import functools
+import importlib.metadata
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -17,14 +19,17 @@ import tensorflow as tf
 
 import lbtf
 from lbtf import data as data_lib
-from lbtf import runs
+from lbtf import lbfgsb, runs
+from lbtf.checkpoints import checkpoint_at
 from lbtf.distribute import describe, is_chief, make_strategy, per_replica_batch, worker
 from lbtf.errors import UsageError
 from lbtf.experiments.flags import module_flags
 from lbtf.layers import norm_layer
 from lbtf.models import build_model, check_compatible
 from lbtf.remedies import adapted_epochs, adapted_milestones, scaled_learning_rate
-from lbtf.train import TrainConfig, Trainer, fit, resolve_batch_size
+from lbtf.train import TrainConfig, Trainer, best_epoch, fit, resolve_batch_size
+
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
 def load_data(flags) -> data_lib.Dataset:
@@ -39,6 +44,8 @@ def load_data(flags) -> data_lib.Dataset:
             num_train=flags.synthetic_train, num_test=flags.synthetic_test, seed=flags.seed)
     if name == "digits":
         return data_lib.load_digits()
+    if name == "cluttered_digits":
+        return data_lib.load_cluttered_digits(data_dir=flags.data_dir)
     return data_lib.load_dataset(name, data_dir=flags.data_dir, download=flags.tfds_download)
 
 
@@ -119,11 +126,35 @@ def cached(path: Path, compute: Callable[[], dict], log=print) -> dict:
     return record
 
 
+# Packages whose versions can change the numbers a run prints.
+VERSIONED = ("tensorflow", "keras", "numpy", "scipy", "pandas", "mnist1d", "scikit-learn",
+             "tensorflow-datasets")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def environment(strategy: tf.distribute.Strategy) -> dict:
-    return {"lbtf": lbtf.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "python": platform.python_version(), "strategy": type(strategy).__name__,
+    """What produced a run's numbers: versions, the L-BFGS-B path, strategy and devices."""
+    return {"lbtf": lbtf.__version__, "python": platform.python_version(),
+            "cpu_cores": os.cpu_count(),
+            **{p: _version(p) for p in VERSIONED},
+            "lbfgsb": lbfgsb.FAST if lbfgsb.fast_path_available() else lbfgsb.PUBLIC,
+            "strategy": type(strategy).__name__,
             "replicas": strategy.num_replicas_in_sync, "workers": worker(strategy)[1],
             "devices": [d.name for d in tf.config.list_logical_devices()]}
+
+
+def measurement_record(flags) -> dict:
+    """How a run's measurements were taken, for results.json."""
+    return {"point": flags.measure_point, "bn": list(flags.measure_bn),
+            "bn_chunk": flags.measure_bn_chunk, "loss_clip": flags.loss_clip,
+            "sharpness_starts": flags.sharpness_starts, "sharpness_maxiter": flags.sharpness_maxiter,
+            "bn_stats": flags.bn_stats, "bn_eval": flags.bn_eval}
 
 
 def initial_variables(build, seed: int) -> list:
@@ -206,6 +237,20 @@ def train_once(trainer: Trainer, *, name: str, run_dir: Path, seed: int, hparams
             "diffusion": result.diffusion}
 
 
+def at_point(record: dict, point: str) -> dict:
+    """A run's metrics and weights checkpoint at the point measurements take: the epoch with the
+    lowest training loss ("best") or the last epoch ("last"; a diverged run's best). Table 2,
+    sharpness, distances and parametric plots all read this one point."""
+    history = record["history"]
+    last = history[-1]["epoch"] if record["stop_reason"] != "diverged" else None
+    epoch = last if point == "last" and last is not None else best_epoch(history)
+    # A run that diverged in its first epoch has no finite epoch: its point is the start
+    # (weights-0), its metrics those of its last row.
+    row = next((h for h in history if h["epoch"] == epoch), history[-1])
+    return {"measured_epoch": epoch, **{k: row[k] for k in METRICS},
+            "checkpoint": checkpoint_at(record["checkpoint_dir"], epoch)}
+
+
 def train_regimes(flags, *, data, strategy, batches: dict[str, int], run_dir: Path,
                   log=print, overrides: dict[str, dict] | None = None) -> pd.DataFrame:
     """Every trial of every regime (e.g. SB and LB); returns one row per run, writes history.csv.
@@ -213,7 +258,8 @@ def train_regimes(flags, *, data, strategy, batches: dict[str, int], run_dir: Pa
     Trial t starts every regime from the same seeded initial weights (seed + t), so the distance
     from the starting point is comparable between SB and LB. One Trainer per regime is compiled
     once and reset for each trial. Runs finished by an earlier start of the same run are skipped.
-    `overrides[regime]` replaces flag values for that regime (e.g. a remedy).
+    `overrides[regime]` replaces flag values for that regime (e.g. a remedy). Each row's metrics
+    and `checkpoint` are those of its measured point (--measure_point, see `at_point`).
     """
     build = model_builder(flags, data)
     trainers = {regime: make_trainer(flags, data, strategy, batch, (overrides or {}).get(regime))
@@ -233,9 +279,10 @@ def train_regimes(flags, *, data, strategy, batches: dict[str, int], run_dir: Pa
                          "batch_size": batch, "seed": seed,
                          "learning_rate": trainer.config.learning_rate},
                 label=f"[trial {trial + 1}/{flags.trials} {regime} B={batch}]"), log=log)
+            point = at_point(record, flags.measure_point)
             history = record.pop("history")
             finals.append({"trial": trial, "regime": regime, "batch_size": batch, "seed": seed,
-                           **record})
+                           **record, **point})
             histories.append(pd.DataFrame(history).assign(trial=trial, regime=regime))
     history = pd.concat(histories, ignore_index=True)
     runs.atomic_write_text(run_dir / "history.csv", history.to_csv(index=False))
@@ -251,6 +298,15 @@ def without_diverged(runs: pd.DataFrame, log=print) -> pd.DataFrame:
         log(f"  trial {r.trial} {r.regime}: diverged (non-finite loss) in epoch {r.epochs}; "
             "left out of the summaries and measurements")
     return runs[~bad]
+
+
+def primary_sharpness(found: pd.DataFrame, measure_bn: list[str]) -> pd.DataFrame:
+    """The sharpness rows of the first --measure_bn mode: what the figures and summary tables of
+    the multi-run experiments show (results.json keeps every mode's rows)."""
+    if "measure" not in found or found.empty:
+        return found
+    sharp = found[found.measure == "sharpness"]
+    return sharp[sharp.bn == measure_bn[0]] if "bn" in sharp else sharp
 
 
 def diverged_names(runs: pd.DataFrame) -> list[str]:

@@ -11,6 +11,8 @@ from absl import flags
 from lbtf.choices import (
     BN_MODES,
     LR_SCALINGS,
+    MEASURE_BN,
+    MEASURE_POINTS,
     NETWORKS,
     NORMALIZATIONS,
     PATHS,
@@ -51,7 +53,9 @@ flags.DEFINE_integer("synthetic_test", 10000, "Synthetic test examples.", lower_
 # Training.
 flags.DEFINE_string("batch_size", "256", "Batch for --experiment=train: an integer, or a "
                     "fraction of the training set such as 0.1 or 10%.")
-flags.DEFINE_string("sb_batch_size", "256", "Small batch (integer or fraction).")
+flags.DEFINE_string("sb_batch_size", "32", "Small batch (integer or fraction). Paper: 256 (set in "
+                    "flags/); the no-flag demo uses 32 so that SB:LB stays near the paper's 1:20 "
+                    "on 4000 examples (LB 10% = 400).")
 flags.DEFINE_string("lb_batch_size", "0.1", "Large batch (integer or fraction); paper: 10%.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (Keras default).")
 flags.DEFINE_integer("trials", 3, "Trials from different seeded starting points (paper: 5, set "
@@ -139,6 +143,23 @@ flags.DEFINE_integer("sharpness_examples", 0, "Evaluate f on a seeded random sub
                      lower_bound=0)
 flags.DEFINE_float("subspace_memory_mb", 1024, "Above this size the random subspace matrix is "
                    "generated block by block for every product instead of held.", lower_bound=0)
+flags.DEFINE_integer("sharpness_starts", 1, "L-BFGS-B runs per measurement: from y = 0 and from "
+                     "K - 1 seeded random points of the box; the largest f found counts (paper: "
+                     "1, from a start it does not state).", lower_bound=1)
+flags.DEFINE_list("measure_bn", ["moving", "batch"], "BN during measurements (sharpness, Hessian, "
+                  "parametric plots), one table per mode: moving (inference mode, the moving "
+                  "statistics as training left them) or batch (every evaluation chunk normalised "
+                  "with its own statistics, dropout off: the authors' Keras-1 BN mode 2).")
+flags.DEFINE_integer("measure_bn_chunk", 5000, "Examples per evaluation chunk of --measure_bn="
+                     "batch (the authors' parametric-plot script evaluated in batches of 5000).",
+                     lower_bound=2)
+flags.DEFINE_float("loss_clip", 1e-7, "Measure the cross-entropy of probabilities clipped to "
+                   "[c, 1 - c], as Keras 1 did with c = 1e-7 (one example's loss at most 16.1); "
+                   "0: exact cross-entropy. Training is never clipped.", lower_bound=0,
+                   upper_bound=0.1)
+flags.DEFINE_enum("measure_point", "best", MEASURE_POINTS, "The weights a run is measured at "
+                  "(Table 2, sharpness, distances, parametric plots): the epoch with the lowest "
+                  "training loss, or the last epoch.")
 flags.DEFINE_integer("hessian_k", 0, "Largest Hessian eigenvalues per minimiser, by Lanczos "
                      "(0: skip; 1 costs ~20 Hessian-vector products per minimiser).", lower_bound=0)
 flags.DEFINE_string("checkpoint", None, "For --experiment=sharpness: a weights checkpoint "
@@ -187,6 +208,11 @@ for _name in ("batch_size", "sb_batch_size", "lb_batch_size"):
                  "256,1024,0.1")
 def _valid_batches(values: list[str]) -> bool:
     return bool(values) and all(_valid_batch(v) for v in values)
+
+
+@flags.validator("measure_bn", message=f"--measure_bn takes one or both of {', '.join(MEASURE_BN)}")
+def _valid_measure_bn(values: list[str]) -> bool:
+    return bool(values) and len(set(values)) == len(values) and all(v in MEASURE_BN for v in values)
 
 
 @flags.validator("parametric", message=f"--parametric takes paths from {', '.join(PATHS)} "

@@ -6,27 +6,22 @@ lbtf.landscape.evaluate_path, lbtf.figures.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
-import tensorflow as tf
 
-from lbtf import figures, landscape, runs
+from lbtf import figures, landscape
+from lbtf.bn import BatchNormEstimator, measurement_model
+from lbtf.checkpoints import checkpoint_at
 from lbtf.experiments import common
 from lbtf.experiments.sharpness import restore
-from lbtf.objective import EvalSet, make_evaluator
+from lbtf.objective import EvalSet, make_evaluator, measurement_loss
 
 PATH_FIGURES = {"linear": ("figure3_parametric_linear", "Figure 3",
                            "α  (point αx_l + (1 − α)x_s)"),
                 "curvilinear": ("figure7_parametric_curvilinear", "Figure 7",
                                 "α  (point sin(απ/2)x_l + cos(απ/2)x_s)")}
-
-
-def checkpoint_at(checkpoint_dir: str, epoch: int | None = None) -> str:
-    """The checkpoint of `epoch` (None: the last one) in a run's checkpoint folder."""
-    folder = runs.read_path(checkpoint_dir)
-    return (tf.train.latest_checkpoint(str(folder)) if epoch is None
-            else str(folder / f"weights-{epoch}"))
 
 
 def snapshots(flags, data, checkpoints: dict[str, str]):
@@ -40,16 +35,16 @@ def snapshots(flags, data, checkpoints: dict[str, str]):
 
 
 def distances(flags, data, runs: pd.DataFrame) -> pd.DataFrame:
-    """Per trial: ||x_s - x_0||, ||x_l - x_0|| over the trainable weights, and their ratio (the
-    paper reports 3 to 10). Both regimes of a trial start from the same x_0 (weights-0)."""
+    """Per trial: ||x_s - x_0||, ||x_l - x_0|| over the trainable weights at the measured points,
+    and their ratio (the paper reports 3 to 10). Both regimes of a trial start from the same x_0
+    (weights-0)."""
     rows = []
     for trial, g in runs.groupby("trial"):
-        dirs = dict(zip(g.regime, g.checkpoint_dir, strict=True))
-        if not {"SB", "LB"} <= dirs.keys():
+        at = g.set_index("regime")
+        if not {"SB", "LB"} <= set(at.index):
             continue
-        _, snaps = snapshots(flags, data, {"x0": checkpoint_at(dirs["SB"], 0),
-                                           "SB": checkpoint_at(dirs["SB"]),
-                                           "LB": checkpoint_at(dirs["LB"])})
+        _, snaps = snapshots(flags, data, {"x0": checkpoint_at(at.checkpoint_dir["SB"], 0),
+                                           "SB": at.checkpoint["SB"], "LB": at.checkpoint["LB"]})
         d_s = landscape.distance(snaps["SB"].weights, snaps["x0"].weights)
         d_l = landscape.distance(snaps["LB"].weights, snaps["x0"].weights)
         rows.append({"trial": trial, "sb_distance": d_s, "lb_distance": d_l,
@@ -57,32 +52,49 @@ def distances(flags, data, runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _path_setup(flags, data, model, snaps: dict, mode: str):
+    """(model, snapshots, splits, evaluate, BN treatment, estimator) of one --measure_bn mode.
+    "moving": the network in inference mode, BN statistics as --bn_stats says at each point.
+    "batch": the batch-statistics twin (lbtf.bn), every evaluation chunk of --measure_bn_chunk
+    examples normalised by itself, nothing to recompute or interpolate."""
+    loss = measurement_loss(flags.loss_clip)
+    if mode == "batch":
+        twin = measurement_model(model, "batch")
+        chunk = flags.measure_bn_chunk
+        splits = {"train": EvalSet(data.x_train, data.y_train, chunk, pad=False),
+                  "test": EvalSet(data.x_test, data.y_test, chunk, pad=False)}
+        bare = {k: dataclasses.replace(v, means=[], variances=[]) for k, v in snaps.items()}
+        return (twin, bare, splits, make_evaluator(twin, flags.jit_compile, loss), "recompute",
+                None)
+    splits = {"train": EvalSet(data.x_train, data.y_train, flags.eval_batch_size),
+              "test": EvalSet(data.x_test, data.y_test, flags.eval_batch_size)}
+    estimator = (BatchNormEstimator(model, data.x_train, batch_size=flags.eval_batch_size,
+                                    jit_compile=flags.jit_compile)
+                 if flags.bn_stats == "recompute" else None)
+    return (model, snaps, splits, make_evaluator(model, flags.jit_compile, loss), flags.bn_stats,
+            estimator)
+
+
 def parametric_tables(flags, data, runs: pd.DataFrame, log=print) -> dict[str, pd.DataFrame]:
-    """For each path in --parametric: loss and accuracy along it between the SB and LB minimisers
-    of trial --parametric_trial, with BN statistics treated as --bn_stats says."""
+    """For each path in --parametric and each --measure_bn mode ("<path>/<mode>"): loss and
+    accuracy along the path between the SB and LB measured points of trial --parametric_trial."""
     if not flags.parametric:
         return {}
     g = runs[runs.trial == flags.parametric_trial].set_index("regime")
     if not {"SB", "LB"} <= set(g.index):
         log(f"no parametric plot: a run of trial {flags.parametric_trial} diverged")
         return {}
-    model, snaps = snapshots(flags, data, {r: checkpoint_at(g.checkpoint_dir[r])
-                                           for r in ("SB", "LB")})
-    splits = {"train": EvalSet(data.x_train, data.y_train, flags.eval_batch_size),
-              "test": EvalSet(data.x_test, data.y_test, flags.eval_batch_size)}
-    estimator = (landscape.BatchNormEstimator(model, data.x_train,
-                                              batch_size=flags.eval_batch_size,
-                                              jit_compile=flags.jit_compile)
-                 if flags.bn_stats == "recompute" else None)
-    evaluate = make_evaluator(model, flags.jit_compile)
+    model, snaps = snapshots(flags, data, {r: g.checkpoint[r] for r in ("SB", "LB")})
     alphas = landscape.default_alphas(flags.parametric_points, flags.alpha_min, flags.alpha_max)
     tables = {}
-    for path in flags.parametric:
-        log(f"parametric plot, {path} path, {len(alphas)} points (BN statistics: "
-            f"{flags.bn_stats})")
-        tables[path] = landscape.evaluate_path(
-            model, snaps["SB"], snaps["LB"], alphas, path=path, splits=splits, bn=flags.bn_stats,
-            estimator=estimator, evaluate=evaluate, log=log)
+    for mode in flags.measure_bn:
+        net, points, splits, evaluate, bn, estimator = _path_setup(flags, data, model, snaps, mode)
+        for path in flags.parametric:
+            log(f"parametric plot, {path} path, {len(alphas)} points (BN: "
+                f"{'batch statistics' if mode == 'batch' else 'moving, ' + flags.bn_stats})")
+            tables[f"{path}/{mode}"] = landscape.evaluate_path(
+                net, points["SB"], points["LB"], alphas, path=path, splits=splits, bn=bn,
+                estimator=estimator, evaluate=evaluate, log=log)
     return tables
 
 
@@ -90,17 +102,26 @@ def parametric_figures(tables: dict[str, pd.DataFrame], *, flags, dataset: str, 
                        writer) -> list[str]:
     """Figures 3 and 7 saved and embedded, with their tables."""
     out = []
-    for path, table in tables.items():
+    for key, table in tables.items():
+        path, mode = key.split("/")
         name, artifact, xlabel = PATH_FIGURES[path]
-        title = f"{artifact}: {flags.network} on {dataset}, {path} path"
+        bn = ("BN with each evaluation chunk's own statistics (Keras 1 mode 2)" if mode == "batch"
+              else f"BN moving statistics {flags.bn_stats}d at each point")
+        title = f"{artifact}: {flags.network} on {dataset}, {path} path, {mode} BN"
         caption = (f"{artifact} ({path} path), trial {flags.parametric_trial}: cross-entropy "
                    "(left) and accuracy (right), training solid and test dashed; α = 0 is the SB "
-                   f"minimiser, α = 1 the LB one; BN statistics {flags.bn_stats}d at each point.")
+                   f"minimiser, α = 1 the LB one; {bn}; {loss_note(flags.loss_clip)}.")
         fig = figures.parametric(table, title=title, xlabel=xlabel)
-        out += [f"## {artifact}: parametric plot, {path} path",
-                figures.save(fig, run_dir, name, caption=caption, writer=writer),
+        out += [f"## {artifact}: parametric plot, {path} path, {mode} BN",
+                figures.save(fig, run_dir, f"{name}_{mode}bn", caption=caption, writer=writer),
                 table.to_markdown(index=False, floatfmt=".4g")]
     return out
+
+
+def loss_note(clip: float) -> str:
+    """How the measured loss was computed, for captions and report headers."""
+    return (f"cross-entropy with probabilities clipped to [{clip:g}, 1 − {clip:g}] as Keras 1 did"
+            if clip else "exact cross-entropy (no clipping)")
 
 
 def training_curves_figure(history: pd.DataFrame, *, flags, dataset: str, run_dir: Path,

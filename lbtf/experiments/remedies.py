@@ -19,7 +19,7 @@ from __future__ import annotations
 import pandas as pd
 
 from lbtf import figures, report
-from lbtf.experiments import common, parametric, sharpness
+from lbtf.experiments import common, sharpness
 from lbtf.remedies import diffusion_fit
 
 OFF = {"bn": "standard", "lr_scaling": "none", "regime_adaptation": False, "clip_norm": 0.0,
@@ -61,15 +61,15 @@ def run(flags, log=print):
         log("measuring the sharpness of every minimiser")
         found = sharpness.measure_minimizers(
             flags, data, [{"trial": r.trial, "regime": r.regime,
-                           "checkpoint": parametric.checkpoint_at(r.checkpoint_dir)}
+                           "checkpoint": r.checkpoint}
                           for r in runs.itertuples()],
             strategy=strategy, log=log, cache_dir=run_dir / "measurements")
-    summary = summarize(all_runs, found)
+    summary = summarize(all_runs, common.primary_sharpness(found, flags.measure_bn))
     _write(flags, data, strategy, run_dir, all_runs, runs, found, summary, options, log)
     return run_dir
 
 
-def summarize(runs: pd.DataFrame, found: pd.DataFrame) -> pd.DataFrame:
+def summarize(runs: pd.DataFrame, sharp: pd.DataFrame) -> pd.DataFrame:
     """One row per regime: accuracies, gap, sharpness per (space, eps) and diffusion slope, as
     'mean ± std' strings over the trials that did not diverge, and how many did."""
     rows = []
@@ -85,9 +85,8 @@ def summarize(runs: pd.DataFrame, found: pd.DataFrame) -> pd.DataFrame:
         for name, values in (("test acc", 100 * g.test_acc), ("train acc", 100 * g.train_acc),
                              ("gap", 100 * (g.train_acc - g.test_acc))):
             row[name] = report.fmt(*report.mean_std(values))
-        if "measure" in found and len(found):
-            sharp = found[(found.measure == "sharpness") & (found.regime == regime)]
-            for (space, eps), h in sharp.groupby(["space", "epsilon"]):
+        if "regime" in sharp and len(sharp):
+            for (space, eps), h in sharp[sharp.regime == regime].groupby(["space", "epsilon"]):
                 row[f"sharpness {space} ε={eps:g}"] = report.fmt(*report.mean_std(h.value))
         slopes = [diffusion_fit(*zip(*d, strict=True))["slope"] for d in g.diffusion if len(d) > 1]
         if slopes:
@@ -99,9 +98,9 @@ def _write(flags, data, strategy, run_dir, all_runs, runs, found, summary, optio
            log) -> None:
     """report.md, figures and results.json; `runs` are those of `all_runs` that did not diverge."""
     writer = common.summary_writer(run_dir, "figures")
-    caption = ("Test accuracy (above) and full-space sharpness (below) per regime, mean and "
-               "standard deviation over trials.")
-    sharp = found[found.measure == "sharpness"] if "measure" in found else found
+    caption = (f"Test accuracy (above) and full-space sharpness ({flags.measure_bn[0]} BN, below) "
+               "per regime, mean and standard deviation over trials.")
+    sharp = common.primary_sharpness(found, flags.measure_bn)
     fig = figures.remedies(runs, sharp, title=f"Remedies: {flags.network} on {data.name}")
     diffusion = runs[runs.trial == 0][["regime", "diffusion"]]
     fig2 = figures.diffusion(diffusion, title=f"Ultra-slow diffusion: {flags.network}, trial 0")
@@ -119,7 +118,8 @@ def _write(flags, data, strategy, run_dir, all_runs, runs, found, summary, optio
                      caption="‖w_t − w_0‖ against training steps (log scale), trial 0."),
         "## Runs", report.runs_markdown(all_runs)])
     results = {"experiment": "remedies", "network": flags.network, "dataset": data.name,
-               "environment": common.environment(strategy), "regimes": options,
+               "environment": common.environment(strategy),
+               "measurement": common.measurement_record(flags), "regimes": options,
                "summary": summary.to_dict(orient="records"),
                "runs": all_runs.to_dict(orient="records"),
                "diverged": common.diverged_names(all_runs),

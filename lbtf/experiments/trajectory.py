@@ -40,14 +40,15 @@ def run(flags, log=print):
     log(f"measuring the sharpness of {len(minimizers)} iterates")
     found = sharpness.measure_minimizers(flags, data, minimizers, strategy=strategy, log=log,
                                          cache_dir=run_dir / "measurements")
-    sharp = found[found.measure == "sharpness"].rename(columns={"f_x": "train_loss"})
+    sharp = common.primary_sharpness(found, flags.measure_bn).rename(columns={"f_x": "train_loss"})
     writer = common.summary_writer(run_dir, "figures")
     sections = []
     for trial, g in sharp.groupby("trial"):
         fig = figures.sharpness_vs_loss(
             g, title=f"Figure 6: {flags.network} on {data.name}, trial {trial}")
-        caption = (f"Figure 6, trial {trial}: sharpness of SB and LB iterates against their "
-                   "training cross-entropy (the loss falls from left to right).")
+        caption = (f"Figure 6, trial {trial}: sharpness ({flags.measure_bn[0]} BN) of SB and LB "
+                   "iterates against their training cross-entropy (the loss falls from left to "
+                   "right).")
         sections.append(figures.save(fig, run_dir, f"figure6_sharpness_vs_loss_trial{trial}",
                                      caption=caption, writer=writer))
     table = (sharp[["trial", "regime", "epoch", "train_loss", "space", "epsilon", "value"]]
@@ -61,6 +62,7 @@ def run(flags, log=print):
         "## Runs", report.runs_markdown(all_runs)])
     results = {"experiment": "trajectory", "network": flags.network, "dataset": data.name,
                "batch_sizes": batches, "environment": common.environment(strategy),
+               "measurement": common.measurement_record(flags),
                "runs": all_runs.to_dict(orient="records"),
                "diverged": common.diverged_names(all_runs),
                "measurements": found.to_dict(orient="records")}

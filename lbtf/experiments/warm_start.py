@@ -62,10 +62,11 @@ def run(flags, log=print):
         record = common.cached(run_dir / "runs" / f"{name}.json", lambda ckpt=ckpt, name=name:
                                _train_piggyback(lb, ckpt, name=name, flags=flags,
                                                 run_dir=run_dir, log=log), log=log)
+        point = common.at_point(record, flags.measure_point)
         rows.append({"sb_epoch": epoch, "sb_test_acc": sb_history.test_acc[epoch],
-                     "lb_test_acc": record["test_acc"], "lb_train_acc": record["train_acc"],
-                     "lb_epochs": record["epochs"], "lb_stop_reason": record["stop_reason"],
-                     "checkpoint": parametric.checkpoint_at(record["checkpoint_dir"])})
+                     "lb_test_acc": point["test_acc"], "lb_train_acc": point["train_acc"],
+                     "lb_epochs": record["epochs"], "lb_measured_epoch": point["measured_epoch"],
+                     "lb_stop_reason": record["stop_reason"], "checkpoint": point["checkpoint"]})
     table = pd.DataFrame(rows)
     found = pd.DataFrame(columns=["sb_epoch", "space", "epsilon", "value", "measure"])
     if flags.sharpness:
@@ -79,12 +80,12 @@ def run(flags, log=print):
 
 
 def _write(flags, data, strategy, run_dir, table, found, sb_history, log) -> None:
-    sharp = found[found.measure == "sharpness"]
+    sharp = common.primary_sharpness(found, flags.measure_bn)
     writer = common.summary_writer(run_dir, "figures")
     fig = figures.warm_start(table, sharp, title=f"Figure 5: {flags.network} on {data.name}")
     caption = ("Figure 5: above, test accuracy of the SB iterates (blue) and of the LB runs "
-               "warm-started from them (red); below, the sharpness of the LB solutions; against "
-               "the epoch of SB training.")
+               f"warm-started from them (red); below, the sharpness ({flags.measure_bn[0]} BN) of "
+               "the LB solutions; against the epoch of SB training.")
     shown = table.drop(columns="checkpoint")
     if len(sharp):
         shown = shown.merge(report.sharpness_columns(sharp, "sb_epoch"), left_on="sb_epoch",
@@ -98,6 +99,7 @@ def _write(flags, data, strategy, run_dir, table, found, sb_history, log) -> Non
         shown.to_markdown(index=False, floatfmt=".4g")])
     results = {"experiment": "warm_start", "network": flags.network, "dataset": data.name,
                "environment": common.environment(strategy),
+               "measurement": common.measurement_record(flags),
                "sb_history": sb_history.to_dict(orient="records"),
                "piggyback": table.to_dict(orient="records"),
                "measurements": found.to_dict(orient="records")}
