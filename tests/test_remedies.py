@@ -251,10 +251,20 @@ def test_bn_across_two_replicas(bn, one_device):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     mirrored, single = json.loads(proc.stdout.strip().splitlines()[-1])
+    # Adam's step is about lr * sign(g) wherever |g| >> its epsilon, so a weight whose gradient is
+    # round-off (summed in another order on 2 replicas) can move by up to lr = 1e-3 either way.
+    # Measured here: 74 of 1.3M weights differ by more than 2e-5 (at most 1.7e-4); pairing the
+    # wrong BN (per-replica against whole-batch) moves 75% of them, by up to 8e-3. So: every
+    # weight within one step, and at most 1 in 1000 of each array beyond 2e-5.
     for a, b in zip(mirrored["weights"], single["weights"], strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(a, b, atol=1e-3)
+        off = ~np.isclose(a, b, rtol=1e-4, atol=2e-5)
+        assert off.sum() <= max(1, off.size // 1000), (off.sum(), off.size)
     if bn == "sync":
-        np.testing.assert_allclose(mirrored["outputs"], single["outputs"], rtol=1e-4, atol=1e-5)
+        # Those weights move the output probabilities by at most 1.4e-4 here; per-replica BN
+        # in place of sync BN moves them by up to 0.34 (0.05 on average).
+        np.testing.assert_allclose(mirrored["outputs"], single["outputs"], atol=1e-3)
 
 
 def test_sam_updates_bn_statistics_once_per_step():
