@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from lbtf import report
+from lbtf.choices import MEASURE_BN
 from lbtf.errors import UsageError
 from lbtf.runs import atomic_write_text
 
@@ -74,7 +75,7 @@ def accuracy_claim(results: dict) -> str:
 def sharpness_claims(results: dict) -> list[str]:
     """Per BN mode and space: in how many trials LB is sharper, at each eps."""
     counts = pd.DataFrame(results["lb_sharper"])
-    counts = counts.assign(order=counts.bn.map({"moving": 0, "batch": 1})).sort_values(
+    counts = counts.assign(order=counts.bn.map(MEASURE_BN.index)).sort_values(
         ["order", "space"], kind="stable")
     out = []
     for (mode, space), g in counts.groupby(["bn", "space"], sort=False):

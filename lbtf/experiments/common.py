@@ -149,6 +149,12 @@ def environment(strategy: tf.distribute.Strategy) -> dict:
             "devices": [d.name for d in tf.config.list_logical_devices()]}
 
 
+def measurement_chunk(flags, mode: str) -> int:
+    """Examples per evaluation chunk of a --measure_bn mode: with batch statistics the chunk is
+    what BN normalises over (--measure_bn_chunk); with moving statistics only a memory bound."""
+    return flags.measure_bn_chunk if mode == "batch" else flags.eval_batch_size
+
+
 def measurement_record(flags) -> dict:
     """How a run's measurements were taken, for results.json."""
     return {"point": flags.measure_point, "bn": list(flags.measure_bn),

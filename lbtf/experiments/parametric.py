@@ -58,16 +58,15 @@ def _path_setup(flags, data, model, snaps: dict, mode: str):
     "batch": the batch-statistics twin (lbtf.bn), every evaluation chunk of --measure_bn_chunk
     examples normalised by itself, nothing to recompute or interpolate."""
     loss = measurement_loss(flags.loss_clip)
-    if mode == "batch":
+    chunk, batch = common.measurement_chunk(flags, mode), mode == "batch"
+    # Batch statistics: an unpadded last chunk, normalised by itself like the others.
+    splits = {"train": EvalSet(data.x_train, data.y_train, chunk, pad=not batch),
+              "test": EvalSet(data.x_test, data.y_test, chunk, pad=not batch)}
+    if batch:
         twin = measurement_model(model, "batch")
-        chunk = flags.measure_bn_chunk
-        splits = {"train": EvalSet(data.x_train, data.y_train, chunk, pad=False),
-                  "test": EvalSet(data.x_test, data.y_test, chunk, pad=False)}
         bare = {k: dataclasses.replace(v, means=[], variances=[]) for k, v in snaps.items()}
         return (twin, bare, splits, make_evaluator(twin, flags.jit_compile, loss), "recompute",
                 None)
-    splits = {"train": EvalSet(data.x_train, data.y_train, flags.eval_batch_size),
-              "test": EvalSet(data.x_test, data.y_test, flags.eval_batch_size)}
     estimator = (BatchNormEstimator(model, data.x_train, batch_size=flags.eval_batch_size,
                                     jit_compile=flags.jit_compile)
                  if flags.bn_stats == "recompute" else None)

@@ -69,9 +69,9 @@ def measure_minimizers(flags, data, minimizers: list[dict], *, strategy=None, lo
                             num_classes=data.num_classes, variant=flags.arch_variant)
         nets = {mode: measurement_model(model, mode) for mode in flags.measure_bn}
     x, y = subsample(data.x_train, data.y_train, flags.sharpness_examples or None, flags.seed)
-    chunks = {"moving": flags.eval_batch_size, "batch": flags.measure_bn_chunk}
     objectives = {mode: Objective(net, x, y, loss=measurement_loss(flags.loss_clip),
-                                  batch_size=chunks[mode], jit_compile=flags.jit_compile,
+                                  batch_size=common.measurement_chunk(flags, mode),
+                                  jit_compile=flags.jit_compile,
                                   strategy=strategy)
                   for mode, net in nets.items()}
     size = next(iter(objectives.values())).size
