@@ -158,3 +158,70 @@ class BatchNormEstimator:
             lay.moving_variance.assign(np.reshape(v, lay.moving_variance.shape))
 
 
+
+
+# Above this estimate of activation memory, `population_pass` declines and the trainer falls back
+# to `BatchNormEstimator` over chunks plus a separate evaluation pass.
+POPULATION_PASS_BYTES = 4 * 2**30
+
+
+class PopulationPass:
+    """Population BN statistics and inference-mode training metrics from one forward pass.
+
+    The whole of (x, y) goes through the model's batch-statistics twin as a single batch, so every
+    BN layer normalises with the mean and variance of the entire set, its inputs computed with
+    the layers below normalised the same way: exactly the population statistics inference uses.
+    Assigned to the model's moving statistics, they make the twin's outputs the model's
+    inference outputs, so the same pass gives the training loss and accuracy that would otherwise
+    need a second pass (a per-epoch saving of one forward pass over the training set).
+    """
+
+    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, *, loss, jit_compile: bool):
+        self.layers = bn_layers(model)
+        twin = measurement_model(model, "batch")
+        twin_bn = {lay.name: lay for lay in twin.layers if isinstance(lay, BatchStatisticsNormalization)}
+        if sorted(twin_bn) != sorted(lay.name for lay in self.layers):
+            raise ValueError("the model's BN layers are not all at its top level")
+        inputs = [twin_bn[lay.name] for lay in self.layers]
+        probe = keras.Model(twin.inputs, [lay.input for lay in inputs] + [twin.output])
+        axes = [lay._reduce for lay in inputs]
+        pairs = list(zip(twin.trainable_variables, model.trainable_variables, strict=True))
+        xs, ys = tf.constant(x), tf.constant(y)
+
+        def run():
+            for t, v in pairs:  # the twin holds a copy of the weights: bring it up to date
+                t.assign(v)
+            *hidden, probs = probe(xs, training=False)
+            moments = [tf.nn.moments(h, axes=ax) for h, ax in zip(hidden, axes, strict=True)]
+            hit = tf.equal(tf.argmax(probs, -1, output_type=tf.int32), tf.cast(ys, tf.int32))
+            return moments, tf.reduce_mean(loss(ys, probs)), tf.reduce_mean(tf.cast(hit, tf.float32))
+
+        self._run = tf.function(run, jit_compile=jit_compile)
+
+    def __call__(self) -> tuple[float, float]:
+        """Assigns the population statistics; returns the set's mean loss and accuracy."""
+        moments, loss, acc = self._run()
+        for lay, (m, v) in zip(self.layers, moments, strict=True):
+            lay.moving_mean.assign(tf.reshape(m, lay.moving_mean.shape))
+            lay.moving_variance.assign(tf.reshape(v, lay.moving_variance.shape))
+        return float(loss), float(acc)
+
+
+def activation_bytes(model: keras.Model, num_examples: int) -> int:
+    """A rough bound on the float32 activations of `model` over `num_examples` as one batch."""
+    per_example = sum(int(np.prod([d or 1 for d in lay.output.shape[1:]])) for lay in model.layers
+                      if not isinstance(lay, keras.layers.InputLayer))
+    return 4 * per_example * num_examples * 2
+
+
+def population_pass(model: keras.Model, x: np.ndarray, y: np.ndarray, *, loss,
+                    jit_compile: bool) -> PopulationPass | None:
+    """A PopulationPass over (x, y), or None when the model has no BN layer, its BN layers are
+    nested or not cloneable, or the activations of x as one batch would exceed
+    POPULATION_PASS_BYTES."""
+    try:
+        if not bn_layers(model) or activation_bytes(model, len(x)) > POPULATION_PASS_BYTES:
+            return None
+        return PopulationPass(model, x, y, loss=loss, jit_compile=jit_compile)
+    except (ValueError, AttributeError, TypeError):  # e.g. nested or multi-output layers
+        return None

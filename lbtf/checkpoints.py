@@ -1,16 +1,23 @@
 """A training run's checkpoints: the weights of kept epochs, which measurement code loads, and the
-latest resume checkpoint, from which an interrupted run continues exactly where it stopped."""
+latest resume checkpoint, from which an interrupted run continues exactly where it stopped.
+
+A run folder keeps only what is read back: `fit` decides which epochs (the start, the measured
+point, the last, and every `checkpoint_every`-th on request), and the experiment removes the
+resume checkpoint once the run's record is written (`remove_resume`).
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from lbtf.errors import WRITE_FAILED_HINT, UsageError
-from lbtf.runs import read_path
+from lbtf.runs import read_path, write_path
 
 
 class RunState(tf.train.experimental.PythonState):
@@ -29,7 +36,8 @@ class RunState(tf.train.experimental.PythonState):
 
 class Checkpoints:
     """A run's checkpoints, of `trackables` (a Trainer's, with its "model").
-    weights-<epoch>: the model only, the iterates measurement code loads.
+    weights-<epoch>: the model only, the iterates measurement code loads; written and deleted one
+    by one (`save_weights`, `delete_weights`).
     resume/ckpt-<epoch>: the model, Adam's state, RNG states and the RunState; only the latest is
     kept. Resuming reads `directory`; saves go to `save_dir` (default: the same). In a
     multi-worker job every worker resumes from the chief's folder and only the chief saves there.
@@ -37,15 +45,13 @@ class Checkpoints:
 
     def __init__(self, trackables: dict, directory: str | Path, *,
                  save_dir: str | Path | None = None):
-        save = Path(save_dir or directory)
+        self.save_dir = Path(save_dir or directory)
         self.directory = Path(directory)
         self.state = RunState()
         self._full = tf.train.Checkpoint(**trackables, state=self.state)
-        self._weights = tf.train.CheckpointManager(tf.train.Checkpoint(model=trackables["model"]),
-                                                   str(save), max_to_keep=None,
-                                                   checkpoint_name="weights")
-        self._resume = tf.train.CheckpointManager(self._full, str(save / "resume"), max_to_keep=1,
-                                                  checkpoint_name="ckpt")
+        self._model = tf.train.Checkpoint(model=trackables["model"])
+        self._resume = tf.train.CheckpointManager(self._full, str(self.save_dir / "resume"),
+                                                  max_to_keep=1, checkpoint_name="ckpt")
 
     def restore(self) -> tuple[str, dict] | None:
         """(checkpoint, run state) of the latest resume checkpoint, restored; None if none."""
@@ -60,29 +66,58 @@ class Checkpoints:
         return latest, self.state.value
 
     def save_weights(self, epoch: int) -> None:
-        self._save(self._weights, epoch)
+        _guarded(lambda: self._model.write(str(self.save_dir / f"weights-{epoch}")), self.save_dir)
+
+    def delete_weights(self, epoch: int) -> None:
+        for f in self.save_dir.glob(f"weights-{epoch}.*"):
+            f.unlink(missing_ok=True)
+
+    def delete_weights_after(self, epoch: int) -> None:
+        """Deletes the weights of epochs after `epoch`: left by a run killed before its next
+        resume checkpoint, they are written again as the resumed run redoes those epochs."""
+        for kept in _weight_epochs(self.save_dir):
+            if kept > epoch:
+                self.delete_weights(kept)
 
     def save_state(self, epoch: int, state: dict) -> None:
         self.state.value = state
-        self._save(self._resume, epoch)
+        _guarded(lambda: self._resume.save(checkpoint_number=epoch), self._resume.directory)
 
-    @staticmethod
-    def _save(manager: tf.train.CheckpointManager, epoch: int) -> None:
-        try:
-            manager.save(checkpoint_number=epoch)
-        except (tf.errors.OpError, OSError) as e:  # e.g. a full disk
-            first = (getattr(e, "message", None) or str(e)).strip().splitlines()[0][:160]
-            raise UsageError(f"cannot write a checkpoint in {manager.directory} ({first}); "
-                             f"{WRITE_FAILED_HINT}") from None
+
+def _guarded(write, directory) -> None:
+    try:
+        write()
+    except (tf.errors.OpError, OSError) as e:  # e.g. a full disk
+        first = (getattr(e, "message", None) or str(e)).strip().splitlines()[0][:160]
+        raise UsageError(f"cannot write a checkpoint in {directory} ({first}); "
+                         f"{WRITE_FAILED_HINT}") from None
+
+
+def _weight_epochs(folder: Path) -> list[int]:
+    found = (re.fullmatch(r"weights-(\d+)\.index", f.name) for f in folder.glob("weights-*.index"))
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def kept_weights(checkpoint_dir: str | Path) -> dict[int, str]:
+    """{epoch: weights checkpoint prefix} of every kept epoch of a run, in epoch order."""
+    folder = read_path(checkpoint_dir)
+    return {e: str(folder / f"weights-{e}") for e in _weight_epochs(folder)}
+
+
+def remove_resume(checkpoint_dir: str | Path) -> None:
+    """Deletes a finished run's resume checkpoint (this process's copy): its record holds the rest."""
+    shutil.rmtree(write_path(Path(checkpoint_dir) / "resume"), ignore_errors=True)
 
 
 def restore_weights(model: keras.Model, checkpoint: str) -> None:
     """Loads a weights checkpoint written by `fit` into a model of the same architecture."""
-    tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
+    # read(), the counterpart of write(): no save counter to match.
+    tf.train.Checkpoint(model=model).read(checkpoint).expect_partial().assert_existing_objects_matched()
 
 
-def checkpoint_at(checkpoint_dir: str | Path, epoch: int | None = None) -> str:
+def checkpoint_at(checkpoint_dir: str | Path, epoch: int | None = None) -> str | None:
     """The weights checkpoint of `epoch` (None: the last kept one) in a run's checkpoint folder."""
-    folder = read_path(checkpoint_dir)
-    return (tf.train.latest_checkpoint(str(folder)) if epoch is None
-            else str(folder / f"weights-{epoch}"))
+    if epoch is None:
+        kept = kept_weights(checkpoint_dir)
+        return kept[max(kept)] if kept else None
+    return str(read_path(checkpoint_dir) / f"weights-{epoch}")

@@ -19,11 +19,11 @@ import numpy as np
 import tensorflow as tf
 
 from lbtf import remedies
-from lbtf.bn import BatchNormEstimator, bn_layers
+from lbtf.bn import BatchNormEstimator, bn_layers, population_pass
 from lbtf.checkpoints import Checkpoints, restore_weights  # noqa: F401  (re-exported)
 from lbtf.choices import parse_batch_size
 from lbtf.data import Dataset
-from lbtf.distribute import split_columns
+from lbtf.distribute import split_columns, worker
 from lbtf.errors import UsageError
 from lbtf.objective import EvalSet, make_evaluator
 from lbtf.objective import default_loss as per_example_loss
@@ -39,7 +39,9 @@ class TrainConfig:
     steps_per_loop: int = 0          # 0: a whole epoch per in-graph loop
     eval_batch_size: int = 2048
     jit_compile: bool = True          # XLA, on a single replica only
-    checkpoint_every: int = 1         # epochs; the initial and final weights are always kept
+    checkpoint_every: int = 0         # also keep every N-th epoch's weights (0: only those read
+                                      # back: the start, the lowest training loss, the last)
+    resume_interval: float = 30.0     # seconds between resume checkpoints (0: after every epoch)
     # Remedies (lbtf.remedies); all off by default.
     lr_milestones: tuple[int, ...] = ()  # epochs at which the learning rate is multiplied by
     lr_decay: float = 0.1                # lr_decay
@@ -141,7 +143,14 @@ class Trainer:
         self.evaluate = make_evaluator(self.model, config.jit_compile and single)
         self.eval_sets = {"train": EvalSet(data.x_train, data.y_train, config.eval_batch_size),
                           "test": EvalSet(data.x_test, data.y_test, config.eval_batch_size)}
-        self._bn_estimator = self._make_bn_estimator(config.jit_compile and single)
+        self._population = None
+        if config.bn_eval == "recompute":
+            with self.strategy.scope():
+                self._population = population_pass(self.model, data.x_train, data.y_train,
+                                                   loss=per_example_loss,
+                                                   jit_compile=config.jit_compile and single)
+        self._bn_estimator = (None if self._population else
+                              self._make_bn_estimator(config.jit_compile and single))
         self._start_diffusion()
 
     def _make_bn_estimator(self, jit_compile: bool):
@@ -293,14 +302,29 @@ class Trainer:
                                  for v, w0 in zip(self.model.trainable_variables, self._w0,
                                                   strict=True))))
 
+    @property
+    def bn_eval_source(self) -> str:
+        """Where measurements take BN statistics from, for logs and records."""
+        if self._population is not None:
+            return "population statistics of the whole training set (one fused pass)"
+        if self._bn_estimator is not None:
+            return (f"re-estimated from {self._bn_estimator.n} training examples "
+                    f"(chunks of {self.config.eval_batch_size})")
+        return "moving averages" if bn_layers(self.model) else "no BN"
+
     def measure(self) -> dict:
         """Training and test loss and accuracy over the whole splits, inference mode; with
-        bn_eval='recompute' the BN statistics are re-estimated first (and kept)."""
-        if self._bn_estimator is not None:
-            self._bn_estimator()
+        bn_eval='recompute' the BN statistics are re-estimated first (and kept). When the
+        training set fits one batch (`lbtf.bn.population_pass`), the statistics and the
+        training-set metrics come from the same pass."""
         out = {}
+        if self._population is not None:
+            out["train_loss"], out["train_acc"] = self._population()
+        elif self._bn_estimator is not None:
+            self._bn_estimator()
         for split, es in self.eval_sets.items():
-            out[f"{split}_loss"], out[f"{split}_acc"] = self.evaluate(es)
+            if f"{split}_loss" not in out:
+                out[f"{split}_loss"], out[f"{split}_acc"] = self.evaluate(es)
         return out
 
 
@@ -337,12 +361,13 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
 
     The training loss that drives stopping is measured over the whole training set after each
     epoch, in inference mode, like the accuracies the paper reports. `seed` drives the shuffling.
-    The run starts from the trainer's current weights. Weights are checkpointed at epoch 0 (the
-    starting point), every `checkpoint_every` epochs, at every new lowest training loss (the
-    point measurements take by default, see `best_epoch`) and at the end; a resume checkpoint after
-    every epoch. When `checkpoint_dir` holds one, the run continues from it: with deterministic
-    ops it ends exactly as an uninterrupted run. A diverged run (non-finite loss) stops without
-    saving its non-finite weights, so the latest weights checkpoint is its last finite iterate.
+    The run starts from the trainer's current weights. Weights are kept for epoch 0 (the starting
+    point), the epoch of lowest training loss so far (the point measurements take by default, see
+    `best_epoch`; a superseded one is deleted), the last epoch and, on request, every
+    `checkpoint_every`-th. A resume checkpoint is written every `resume_interval` seconds and at
+    the end; when `checkpoint_dir` holds one, the run continues from it: with deterministic ops it
+    ends exactly as an uninterrupted run. A diverged run (non-finite loss) stops without saving
+    its non-finite weights.
     """
     cfg = trainer.config
     rng = np.random.default_rng(seed)
@@ -356,10 +381,15 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
         rng.bit_generator.state = state["rng"]
         trainer.set_progress(steps_done=state["steps_done"], diffusion=state["diffusion"])
         resumed = len(history)
+        ckpts.delete_weights_after(resumed)  # written after the resume checkpoint; redone now
         log(f"{label} resumed after epoch {resumed} from {path}")
     elif ckpts:
+        ckpts.delete_weights_after(0)  # left by an earlier start killed before any resume point
         ckpts.save_weights(0)
+    # Workers must agree on when to save: a multi-worker job saves after every epoch.
+    interval = cfg.resume_interval if worker(trainer.strategy)[1] == 1 else 0.0
     start = time.perf_counter() - elapsed
+    saved_at, kept_best = time.perf_counter(), best_epoch(history)
     while reason is None:
         history.append(_epoch(trainer, rng, len(history) + 1))
         row, reason = history[-1], _stop_reason(history, cfg)
@@ -370,14 +400,29 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
             + ("  DIVERGED: non-finite loss" if reason == "diverged" else ""))
         if ckpts is None:
             continue
-        keep = (reason is not None or row["epoch"] == best_epoch(history)
-                or (cfg.checkpoint_every and row["epoch"] % cfg.checkpoint_every == 0))
-        if keep and reason != "diverged":
-            ckpts.save_weights(row["epoch"])
-        ckpts.save_state(row["epoch"], {
-            "history": history, "stop_reason": reason, "rng": rng.bit_generator.state,
-            "seconds": time.perf_counter() - start, **trainer.progress()})
+        kept_best = _keep_weights(ckpts, history, reason, cfg.checkpoint_every, kept_best)
+        if reason is not None or time.perf_counter() - saved_at >= interval:
+            ckpts.save_state(row["epoch"], {
+                "history": history, "stop_reason": reason, "rng": rng.bit_generator.state,
+                "seconds": time.perf_counter() - start, **trainer.progress()})
+            saved_at = time.perf_counter()
     if writer is not None:
         writer.flush()
     return TrainResult(history, reason, str(checkpoint_dir) if checkpoint_dir else None,
                        time.perf_counter() - start, list(trainer.diffusion), resumed)
+
+
+def _keep_weights(ckpts: Checkpoints, history: list[dict], reason: str | None, every: int,
+                  kept_best: int) -> int:
+    """Writes the last epoch's weights if they are kept (a new lowest training loss, the end of
+    the run, or every `every`-th epoch) and deletes the superseded lowest-loss epoch's unless it is
+    kept for another reason; returns the lowest-loss epoch on disk."""
+    epoch, best = history[-1]["epoch"], best_epoch(history)
+    scheduled = lambda e: e == 0 or (every and e % every == 0)  # noqa: E731
+    if reason == "diverged":  # non-finite weights are never written
+        return kept_best
+    if best == epoch or reason is not None or scheduled(epoch):
+        ckpts.save_weights(epoch)
+    if best != kept_best and not scheduled(kept_best):
+        ckpts.delete_weights(kept_best)
+    return best

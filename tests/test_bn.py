@@ -5,9 +5,15 @@ import keras
 import numpy as np
 import pytest
 
-from lbtf.bn import BatchStatisticsNormalization, measurement_model
+from lbtf.bn import (
+    BatchNormEstimator,
+    BatchStatisticsNormalization,
+    activation_bytes,
+    measurement_model,
+    population_pass,
+)
 from lbtf.layers import GhostBatchNormalization
-from lbtf.objective import EvalSet, Objective, flat_weights, make_evaluator
+from lbtf.objective import EvalSet, Objective, default_loss, flat_weights, make_evaluator
 from lbtf.sharpness import keskar_sharpness
 
 
@@ -92,3 +98,49 @@ def test_unpadded_evaluation_normalises_each_chunk_by_itself():
     probs = np.concatenate([numpy_forward(model, x[s:s + 20]) for s in (0, 20, 40)])
     assert loss == pytest.approx(float(np.mean(-np.log(probs[np.arange(50), y]))), rel=1e-4)
     assert acc == pytest.approx(float(np.mean(probs.argmax(1) == y)))
+
+
+def two_bn_net(seed=0):
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((6,))
+    h = keras.layers.BatchNormalization()(keras.layers.Dense(8)(inp))
+    h = keras.layers.Dropout(0.5)(keras.layers.ReLU()(h))
+    h = keras.layers.BatchNormalization()(keras.layers.Dense(8)(h))
+    return keras.Model(inp, keras.layers.Dense(3, activation="softmax")(keras.layers.ReLU()(h)))
+
+
+def test_population_pass_gives_numpy_population_statistics_and_metrics():
+    model = net(dropout=0.5)
+    x, y = data(n=64)
+    loss, acc = population_pass(model, x, y, loss=default_loss, jit_compile=True)()
+    w1, b1 = (v.numpy().astype(np.float64) for v in model.layers[1].weights)
+    h = x @ w1 + b1
+    bn = model.layers[2]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), h.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), h.var(0), rtol=1e-5, atol=1e-6)
+    probs = numpy_forward(model, x)  # the whole set's statistics, dropout off
+    assert loss == pytest.approx(-np.log(probs[np.arange(len(y)), y]).mean(), rel=1e-5)
+    assert acc == pytest.approx(np.mean(probs.argmax(1) == y))
+
+
+def test_population_pass_statistics_reproduce_its_metrics_in_inference_mode():
+    """With two BN layers the second one's statistics depend on the first one's: assigned, they
+    must give the same loss through Keras' own inference path (moving statistics, dropout off)."""
+    model = two_bn_net()
+    x, y = data(n=64)
+    loss, acc = population_pass(model, x, y, loss=default_loss, jit_compile=False)()
+    assert (loss, acc) == pytest.approx(make_evaluator(model, False)(EvalSet(x, y, 64)), rel=1e-5)
+    # Chunked re-estimation is a different (noisier) estimate: another loss.
+    BatchNormEstimator(model, x, batch_size=16)()
+    assert make_evaluator(model, False)(EvalSet(x, y, 64))[0] != pytest.approx(loss, rel=1e-4)
+
+
+def test_population_pass_declines_without_bn_or_over_its_memory_bound(monkeypatch):
+    import lbtf.bn
+
+    x, y = data(n=64)
+    plain = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
+    assert population_pass(plain, x, y, loss=default_loss, jit_compile=False) is None
+    monkeypatch.setattr(lbtf.bn, "POPULATION_PASS_BYTES", activation_bytes(net(), 63))
+    assert population_pass(net(), x, y, loss=default_loss, jit_compile=False) is None
+    assert population_pass(net(), x[:63], y[:63], loss=default_loss, jit_compile=False)

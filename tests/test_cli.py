@@ -8,6 +8,7 @@ import pytest
 import scipy
 from conftest import run_cli
 
+from lbtf.checkpoints import kept_weights
 from lbtf.lbfgsb import FAST
 
 TINY = ["--mnist1d_samples=500", "--max_epochs=3", "--trials=2", "--patience=2", "--nosharpness",
@@ -123,8 +124,12 @@ def test_table2_end_to_end(data_dir, tmp_path):
     flags_txt = (run / "flags.txt").read_text()
     assert "--network=F1" in flags_txt and "--trials=2" in flags_txt
     assert (run / "tb" / "trial0_SB").is_dir()
-    ckpt = run / "checkpoints" / "trial1_LB"
-    assert (ckpt / "weights-0.index").is_file() and (ckpt / "checkpoint").is_file()
+    # Each run keeps its start, its measured point and its last epoch; no resume checkpoint.
+    for r in results["runs"]:
+        ckpt = run / "checkpoints" / f"trial{r['trial']}_{r['regime']}"
+        assert set(kept_weights(ckpt)) == {0, r["measured_epoch"], r["epochs"]}
+        assert not (ckpt / "resume").exists()
+    assert "run folder" in proc.stdout and " MB in " in proc.stdout
     # Figures 2 and 3 as PNG and PDF, embedded in the report and logged to TensorBoard.
     for name in ("figure2_training_curves", "figure3_parametric_linear_movingbn",
                  "figure3_parametric_linear_batchbn"):

@@ -2,10 +2,13 @@
 (Figure 5, restartable), trajectory (Figure 6), and resuming a named table2 run."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
 from conftest import run_cli
+
+from lbtf.checkpoints import kept_weights
 
 BASE = ["--mnist1d_samples=500", "--max_epochs=2", "--patience=2", "--trials=1", "--measure_bn=moving",
         "--epsilons=1e-3", "--subspace_dim=0", "--sharpness_maxiter=2"]
@@ -42,15 +45,18 @@ def test_warm_start_restart_skips_finished_runs(data_dir, tmp_path):
     assert [r["sb_epoch"] for r in first["piggyback"]] == [0, 1, 2]
     assert [h["epoch"] for h in first["sb_history"]] == [0, 1, 2]
     assert len(first["measurements"]) == 3
-    # An interrupted start: one piggyback run and its measurement are missing (killed after the
-    # run's last epoch, before its record was written).
+    # Finished runs keep no resume checkpoint; the SB run keeps the iterates LB starts from.
+    assert not list(run.glob("checkpoints/*/resume"))
+    assert sorted(kept_weights(run / "checkpoints" / "SB")) == [0, 1, 2]
+    # An interrupted start: one piggyback run and its measurement are missing (killed before its
+    # first resume checkpoint).
     (run / "runs" / "LB_from_SB1.json").unlink()
+    shutil.rmtree(run / "checkpoints" / "LB_from_SB1")
     (run / "measurements" / "sb_epoch1.json").unlink()
     (run / "results.json").unlink()
     proc = run_ok(*args)
     assert proc.stdout.count("finished earlier, skipped") == 5  # SB, 2 piggybacks, 2 measurements
-    assert "[LB_from_SB1 B=40] resumed after epoch 2" in proc.stdout
-    assert "[LB_from_SB1 B=40] epoch" not in proc.stdout and "[SB B=256]" not in proc.stdout
+    assert "[LB_from_SB1 B=40] epoch   1" in proc.stdout and "[SB B=256]" not in proc.stdout
     again = results_of(run)
     # The rerun is deterministic, so the results are those of an uninterrupted run.
     assert again["piggyback"] == first["piggyback"]

@@ -91,6 +91,7 @@ def test_learning_rate_scaling_and_regime_adaptation():
         learning_rate=1e-3, lr_reference_batch=256, lr_scaling="sqrt", regime_adaptation=True,
         max_epochs=10, patience=3, lr_milestones=["4"], lr_decay=0.1, min_delta=0,
         steps_per_loop=0, eval_batch_size=64, jit_compile=True, checkpoint_every=1, seed=0,
+        resume_interval=0,
         clip_norm=5.0, sam_rho=0, fgsm_epsilon=0, conservative_lambda=0, conservative_steps=3,
         augment=False, diffusion_every=0, bn_eval="recompute", bn_eval_examples=0)
     config = training_config(flags, 1024)

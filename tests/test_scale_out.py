@@ -106,8 +106,8 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
 
 def test_two_workers_train_like_one_process_resume_after_a_kill_and_measure_alike(data_dir,
                                                                                   tmp_path):
-    args = [*BASE, "--max_epochs=5", "--patience=20", "--deterministic", f"--data_dir={data_dir}",
-            f"--output_dir={tmp_path}"]
+    args = [*BASE, "--max_epochs=5", "--patience=20", "--deterministic", "--checkpoint_every=1",
+            f"--data_dir={data_dir}", f"--output_dir={tmp_path}"]
     assert run_cli(*args, "--run_name=one").returncode == 0
     outs = finish(start_workers([*args, "--run_name=two"], tmp_path / "logs"), tmp_path / "logs")
     assert "2 replica(s) on 2 worker(s)" in outs[0] and "global batch 40 = 2 x 20" in outs[0]
@@ -157,8 +157,8 @@ def test_two_workers_train_like_one_process_resume_after_a_kill_and_measure_alik
 
 def test_a_run_killed_with_sigkill_resumes_to_the_same_results(data_dir, tmp_path):
     args = ["--experiment=train", "--batch_size=40", "--mnist1d_samples=500", "--trials=2",
-            "--max_epochs=12", "--patience=20", "--deterministic", f"--data_dir={data_dir}",
-            f"--output_dir={tmp_path}"]
+            "--max_epochs=12", "--patience=20", "--deterministic", "--resume_interval=0",
+            f"--data_dir={data_dir}", f"--output_dir={tmp_path}"]
     assert run_cli(*args, "--run_name=whole").returncode == 0
     run = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(REPO / "run_experiments.py"), *args,

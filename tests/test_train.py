@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from lbtf.checkpoints import checkpoint_at, kept_weights
 from lbtf.data import load_synthetic
 from lbtf.distribute import describe, is_chief, per_replica_batch, worker
 from lbtf.errors import UsageError
@@ -86,13 +87,15 @@ def test_one_step_changes_weights_and_lowers_loss():
 
 
 def test_fit_checkpoints_every_epoch_and_the_last_is_final(tmp_path):
-    trainer = Trainer(mlp, DATA, TrainConfig(batch_size=32, max_epochs=3, patience=10))
+    trainer = Trainer(mlp, DATA, TrainConfig(batch_size=32, max_epochs=3, patience=10,
+                                             checkpoint_every=1))
     start = values(trainer.model)
     result = fit(trainer, checkpoint_dir=tmp_path, log=lambda s: None)
     assert result.stop_reason == "max_epochs" and len(result.history) == 3
     assert [h["steps"] for h in result.history] == [8, 8, 8]
-    ckpts = tf.train.get_checkpoint_state(str(tmp_path)).all_model_checkpoint_paths
-    assert [c.rsplit("-", 1)[1] for c in ckpts] == ["0", "1", "2", "3"]
+    kept = kept_weights(tmp_path)
+    assert list(kept) == [0, 1, 2, 3] and checkpoint_at(tmp_path) == kept[3]
+    ckpts = list(kept.values())
     model = mlp(seed=99)
     restore_weights(model, ckpts[-1])
     for a, b in zip(values(model), values(trainer.model), strict=True):
@@ -109,19 +112,22 @@ def test_best_epoch_is_the_lowest_finite_training_loss():
     assert best_epoch([{"epoch": i + 1, "train_loss": v} for i, v in enumerate(losses)]) == 2
 
 
-def test_fit_keeps_the_best_epoch_even_when_keeping_no_others(tmp_path):
-    """checkpoint_every=0 keeps the start, every new lowest training loss and the last epoch, so
-    the measured point (the best epoch) can always be loaded."""
+def test_fit_keeps_only_the_start_the_best_and_the_last_epoch(tmp_path):
+    """checkpoint_every=0 (the default) keeps the start, the epoch of lowest training loss (the
+    measured point) and the last epoch; a superseded lowest-loss epoch is deleted, and the resume
+    checkpoint goes once the run is recorded."""
+    from lbtf.checkpoints import remove_resume
     from lbtf.experiments.common import at_point
 
     trainer = Trainer(mlp, DATA, TrainConfig(batch_size=32, max_epochs=6, patience=10,
-                                             checkpoint_every=0, learning_rate=0.3))
+                                             learning_rate=0.3))
     result = fit(trainer, checkpoint_dir=tmp_path, log=lambda s: None)
     losses = [h["train_loss"] for h in result.history]
-    kept = {int(c.rsplit("-", 1)[1]) for c in
-            tf.train.get_checkpoint_state(str(tmp_path)).all_model_checkpoint_paths}
-    records = {i + 1 for i, v in enumerate(losses) if v == min(losses[:i + 1])}
-    assert kept == {0, 6} | records
+    assert set(kept_weights(tmp_path)) == {0, 1 + int(np.argmin(losses)), 6}
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("weights-")) == [
+        "resume"]
+    remove_resume(tmp_path)
+    assert not (tmp_path / "resume").exists()
     record = {"history": result.history, "stop_reason": result.stop_reason,
               "checkpoint_dir": str(tmp_path)}
     best = at_point(record, "best")
@@ -238,7 +244,7 @@ class Interrupt(Exception):
 
 def test_an_interrupted_fit_resumes_to_the_same_result(tmp_path):
     cfg = TrainConfig(batch_size=32, max_epochs=5, patience=10, lr_milestones=(3,),
-                      diffusion_every=4)
+                      diffusion_every=4, resume_interval=0)
     full = fit(Trainer(dropout_bn_net, DATA, cfg), seed=3, checkpoint_dir=tmp_path / "a",
                log=lambda s: None)
 
@@ -268,6 +274,26 @@ def test_an_interrupted_fit_resumes_to_the_same_result(tmp_path):
     assert again.resumed_from == 5 and strip(again.history) == strip(full.history)
 
 
+def test_resume_checkpoints_are_written_every_interval_and_a_restart_clears_later_weights(tmp_path):
+    """With a long resume_interval only the end of a run writes a resume checkpoint: a run killed
+    before it starts again from scratch, and the weights its first start left are deleted."""
+    cfg = TrainConfig(batch_size=32, max_epochs=4, patience=10, resume_interval=1e9,
+                      learning_rate=0.3, checkpoint_every=2)
+
+    def crash_in_epoch_3(line):
+        if "epoch   3" in line:
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        fit(Trainer(mlp, DATA, cfg), checkpoint_dir=tmp_path, log=crash_in_epoch_3)
+    assert not (tmp_path / "resume").exists() and 2 in kept_weights(tmp_path)
+    (tmp_path / "weights-3.index").write_bytes(b"left by the killed start")
+    result = fit(Trainer(mlp, DATA, cfg), checkpoint_dir=tmp_path, log=lambda s: None)
+    losses = [h["train_loss"] for h in result.history]
+    assert result.resumed_from == 0 and len(losses) == 4
+    assert set(kept_weights(tmp_path)) == {0, 2, 4, 1 + int(np.argmin(losses))}
+    assert tf.train.latest_checkpoint(str(tmp_path / "resume")).endswith("ckpt-4")
+
+
 def test_a_diverged_run_stops_and_keeps_its_finite_checkpoints(tmp_path):
     # Two sane epochs, then a learning rate of 1e37 overflows the weights.
     cfg = TrainConfig(batch_size=32, max_epochs=6, patience=10, learning_rate=1e-3,
@@ -276,7 +302,7 @@ def test_a_diverged_run_stops_and_keeps_its_finite_checkpoints(tmp_path):
     result = fit(Trainer(mlp, DATA, cfg), checkpoint_dir=tmp_path, log=lines.append)
     assert result.stop_reason == "diverged" and len(result.history) == 3
     assert "DIVERGED" in lines[-1] and np.isfinite(result.history[1]["train_loss"])
-    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("weights-2")
+    assert checkpoint_at(tmp_path).endswith("weights-2") and max(kept_weights(tmp_path)) == 2
     model = mlp()
     restore_weights(model, str(tmp_path / "weights-2"))
     assert all(np.isfinite(v).all() for v in values(model))

@@ -52,7 +52,7 @@ def run(flags, log=print):
                "runs": all_runs.to_dict(orient="records"),
                "diverged": common.diverged_names(all_runs),
                "measurements": found.to_dict(orient="records")}
-    common.write_results(run_dir, results, text + "\n")
+    common.write_results(run_dir, results, text + "\n", log=log)
     log(f"\n{table}\n\nreport: {run_dir / 'report.md'}")
     return run_dir
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 import lbtf
 from lbtf import data as data_lib
 from lbtf import lbfgsb, runs
-from lbtf.checkpoints import checkpoint_at
+from lbtf.checkpoints import checkpoint_at, remove_resume
 from lbtf.distribute import describe, is_chief, make_strategy, per_replica_batch, worker
 from lbtf.errors import UsageError
 from lbtf.experiments.flags import module_flags
@@ -198,7 +198,8 @@ def training_config(flags, batch: int, overrides: dict | None = None, **fields) 
                                            rule=opt("lr_scaling")),
         min_delta=flags.min_delta, steps_per_loop=flags.steps_per_loop,
         eval_batch_size=flags.eval_batch_size, jit_compile=flags.jit_compile,
-        checkpoint_every=flags.checkpoint_every, seed=flags.seed, bn_eval=flags.bn_eval,
+        checkpoint_every=flags.checkpoint_every, resume_interval=flags.resume_interval,
+        seed=flags.seed, bn_eval=flags.bn_eval,
         bn_eval_examples=flags.bn_eval_examples,
         **{k: opt(k) for k in ("lr_decay", "clip_norm", "sam_rho", "fgsm_epsilon",
                                "conservative_lambda", "conservative_steps", "augment",
@@ -258,17 +259,19 @@ def at_point(record: dict, point: str) -> dict:
 
 
 def train_regimes(flags, *, data, strategy, batches: dict[str, int], run_dir: Path,
-                  log=print, overrides: dict[str, dict] | None = None) -> pd.DataFrame:
+                  log=print, overrides: dict[str, dict] | None = None, **fields) -> pd.DataFrame:
     """Every trial of every regime (e.g. SB and LB); returns one row per run, writes history.csv.
 
     Trial t starts every regime from the same seeded initial weights (seed + t), so the distance
     from the starting point is comparable between SB and LB. One Trainer per regime is compiled
     once and reset for each trial. Runs finished by an earlier start of the same run are skipped.
-    `overrides[regime]` replaces flag values for that regime (e.g. a remedy). Each row's metrics
+    `overrides[regime]` replaces flag values for that regime (e.g. a remedy); `fields` set
+    TrainConfig fields of every regime. Each row's metrics
     and `checkpoint` are those of its measured point (--measure_point, see `at_point`).
     """
     build = model_builder(flags, data)
-    trainers = {regime: make_trainer(flags, data, strategy, batch, (overrides or {}).get(regime))
+    trainers = {regime: make_trainer(flags, data, strategy, batch, (overrides or {}).get(regime),
+                                     **fields)
                 for regime, batch in batches.items()}
     finals, histories = [], []
     for trial in range(flags.trials):
@@ -285,6 +288,7 @@ def train_regimes(flags, *, data, strategy, batches: dict[str, int], run_dir: Pa
                          "batch_size": batch, "seed": seed,
                          "learning_rate": trainer.config.learning_rate},
                 label=f"[trial {trial + 1}/{flags.trials} {regime} B={batch}]"), log=log)
+            remove_resume(record["checkpoint_dir"])  # the record now holds what it was for
             point = at_point(record, flags.measure_point)
             history = record.pop("history")
             finals.append({"trial": trial, "regime": regime, "batch_size": batch, "seed": seed,
@@ -319,7 +323,10 @@ def diverged_names(runs: pd.DataFrame) -> list[str]:
     return [f"trial{r.trial}_{r.regime}" for r in runs.itertuples() if r.stop_reason == "diverged"]
 
 
-def write_results(run_dir: Path, results: dict, report: str) -> None:
-    """results.json last: its presence marks a finished run."""
+def write_results(run_dir: Path, results: dict, report: str, log=print) -> None:
+    """results.json last: its presence marks a finished run. Logs the run folder's size."""
     runs.atomic_write_text(run_dir / "report.md", report)
     runs.atomic_write_json(run_dir / "results.json", results)
+    files = [f for f in runs.read_path(run_dir).rglob("*") if f.is_file()]
+    log(f"run folder {run_dir}: {sum(f.stat().st_size for f in files) / 2**20:.1f} MB in "
+        f"{len(files)} files")

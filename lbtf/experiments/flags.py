@@ -87,8 +87,14 @@ flags.DEFINE_enum("bn_eval", "recompute", ["recompute", "moving"], "BN statistic
                   "weights when epochs have few steps.")
 flags.DEFINE_integer("bn_eval_examples", 10000, "Training examples (a seeded subset) for "
                      "--bn_eval=recompute (0: all).", lower_bound=0)
-flags.DEFINE_integer("checkpoint_every", 1, "Keep the weights every N epochs (0: only the "
-                     "initial and final weights).", lower_bound=0)
+flags.DEFINE_integer("checkpoint_every", 0, "Also keep the weights of every N-th epoch (0: only "
+                     "what experiments read back: the start, the epoch of lowest training loss "
+                     "and the last; warm_start and trajectory keep the iterates they need).",
+                     lower_bound=0)
+flags.DEFINE_float("resume_interval", 30.0, "Seconds between resume checkpoints (0: after every "
+                   "epoch; multi-worker jobs save after every epoch). A killed run redoes at "
+                   "most this much work; the checkpoint is deleted once the run's record is "
+                   "written.", lower_bound=0)
 # Remedies (Hoffer et al. 2017; Keskar et al. Appendix E; SAM). Off by default; they apply to every
 # run of every training experiment (--experiment=remedies sets them per regime itself).
 flags.DEFINE_enum("bn", "standard", NORMALIZATIONS, "Normalisation in every network: standard "

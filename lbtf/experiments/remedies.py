@@ -124,5 +124,5 @@ def _write(flags, data, strategy, run_dir, all_runs, runs, found, summary, optio
                "runs": all_runs.to_dict(orient="records"),
                "diverged": common.diverged_names(all_runs),
                "measurements": found.to_dict(orient="records")}
-    common.write_results(run_dir, results, text + "\n")
+    common.write_results(run_dir, results, text + "\n", log=log)
     log(f"\n{table}\n\nreport: {run_dir / 'report.md'}")

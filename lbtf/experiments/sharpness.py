@@ -16,13 +16,13 @@ import tensorflow as tf
 
 from lbtf import report, runs
 from lbtf.bn import measurement_model
+from lbtf.checkpoints import checkpoint_at, restore_weights
 from lbtf.errors import UsageError
 from lbtf.experiments import common
 from lbtf.hessian import top_eigenvalues_at
 from lbtf.models import build_model
 from lbtf.objective import Objective, flat_weights, measurement_loss, subsample
 from lbtf.sharpness import Subspace, sharpness_at
-from lbtf.train import restore_weights
 
 
 def restore(model, checkpoint: str, network: str) -> None:
@@ -37,12 +37,13 @@ def restore(model, checkpoint: str, network: str) -> None:
 
 
 def resolve_checkpoint(path: str | None) -> str:
-    """A checkpoint prefix from a prefix or a folder (its latest checkpoint)."""
+    """A checkpoint prefix from a prefix or a folder (its last kept epoch, or its latest
+    checkpoint when it is not an lbtf run's folder)."""
     if not path:
         raise UsageError("--experiment=sharpness needs --checkpoint=PATH (a weights checkpoint "
                          "prefix such as outputs/<run>/checkpoints/trial0_LB/weights-40, or a folder)")
     if Path(path).is_dir():
-        latest = tf.train.latest_checkpoint(path)
+        latest = checkpoint_at(path) or tf.train.latest_checkpoint(path)
         if latest is None:
             raise UsageError(f"no checkpoint in folder {path}; pass a folder written by lbtf")
         return latest
@@ -135,6 +136,6 @@ def run(flags, log=print):
                "dataset": data.name, "environment": common.environment(strategy),
                "measurement": common.measurement_record(flags),
                "measurements": table.to_dict(orient="records")}
-    common.write_results(run_dir, results, text + "\n")
+    common.write_results(run_dir, results, text + "\n", log=log)
     log(f"\n{report.measurements_markdown(table)}\n\nreport: {run_dir / 'report.md'}")
     return run_dir

@@ -65,7 +65,7 @@ def run(flags, log=print):
                "distances": dist.to_dict(orient="records"),
                "parametric": {p: t.to_dict(orient="records") for p, t in tables.items()},
                "measurement": common.measurement_record(flags)}
-    common.write_results(run_dir, results, text + "\n")
+    common.write_results(run_dir, results, text + "\n", log=log)
     log("\n" + "\n\n".join([table, *summaries, *distance]) +
         f"\n\nreport: {run_dir / 'report.md'}")
     return run_dir

@@ -26,6 +26,6 @@ def run(flags, log=print):
                "summary": summary.to_dict(orient="records"),
                "runs": all_runs.to_dict(orient="records"),
                "diverged": common.diverged_names(all_runs)}
-    common.write_results(run_dir, results, text + "\n")
+    common.write_results(run_dir, results, text + "\n", log=log)
     log(f"\n{text}\n\nreport: {run_dir / 'report.md'}")
     return run_dir

@@ -2,25 +2,20 @@
 cross-entropy, from the starting point to the minimiser.
 
 Paper artifact -> flags/figure6_<net>.flags -> this module -> lbtf.train.fit, lbtf.sharpness.
-Needs the weights of the measured epochs: keep --checkpoint_every a divisor of
---trajectory_stride (the default 1 keeps every epoch).
+Keeps the weights of every --trajectory_stride-th epoch (or of every --checkpoint_every-th, when
+that is set and divides the stride).
 """
 
 from __future__ import annotations
 
-import re
-
-import tensorflow as tf
-
-from lbtf import figures, report, runs
+from lbtf import figures, report
+from lbtf.checkpoints import kept_weights
 from lbtf.experiments import common, sharpness
 
 
 def iterates(checkpoint_dir: str, stride: int) -> list[tuple[int, str]]:
     """(epoch, checkpoint) of every kept epoch that is a multiple of `stride`, and the last."""
-    state = tf.train.get_checkpoint_state(str(runs.read_path(checkpoint_dir)))
-    paths = list(state.all_model_checkpoint_paths) if state else []
-    found = sorted((int(re.search(r"weights-(\d+)$", p).group(1)), p) for p in paths)
+    found = list(kept_weights(checkpoint_dir).items())
     return [(e, p) for i, (e, p) in enumerate(found) if e % stride == 0 or i == len(found) - 1]
 
 
@@ -31,8 +26,11 @@ def run(flags, log=print):
     log(f"trajectory: {flags.network} on {data.name}, SB={batches['SB']} LB={batches['LB']}, "
         f"{flags.trials} trial(s), sharpness every {flags.trajectory_stride} epoch(s); "
         f"writing {run_dir}")
-    runs = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
-                                run_dir=run_dir, log=log)
+    every = flags.checkpoint_every
+    runs = common.train_regimes(
+        flags, data=data, strategy=strategy, batches=batches, run_dir=run_dir, log=log,
+        checkpoint_every=every if every and flags.trajectory_stride % every == 0
+        else flags.trajectory_stride)
     all_runs, runs = runs, common.without_diverged(runs, log)
     minimizers = [{"trial": r.trial, "regime": r.regime, "epoch": epoch, "checkpoint": ckpt}
                   for r in runs.itertuples()
@@ -66,6 +64,6 @@ def run(flags, log=print):
                "runs": all_runs.to_dict(orient="records"),
                "diverged": common.diverged_names(all_runs),
                "measurements": found.to_dict(orient="records")}
-    common.write_results(run_dir, results, text + "\n")
+    common.write_results(run_dir, results, text + "\n", log=log)
     log(f"\n{table}\n\nreport: {run_dir / 'report.md'}")
     return run_dir

@@ -1,9 +1,10 @@
 """Figure 5 of Keskar et al.: LB runs warm-started from the iterates of an SB run.
 
-SB trains for --warm_start_epochs epochs keeping every iterate; from every --warm_start_stride-th
-iterate (epoch 0 is the common starting point, i.e. plain LB) an LB run trains with fresh Adam
-state until its loss stops improving (or --max_epochs). Restartable with --run_name: the SB run,
-every finished piggyback run and every finished sharpness measurement are skipped.
+SB trains for --warm_start_epochs epochs, keeping the iterates LB starts from: from every
+--warm_start_stride-th iterate (epoch 0 is the common starting point, i.e. plain LB) an LB run
+trains with fresh Adam state until its loss stops improving (or --max_epochs). Restartable with
+--run_name: the SB run, every finished piggyback run and every finished sharpness measurement are
+skipped.
 
 Paper artifact -> flags/figure5_<net>.flags -> this module -> lbtf.train.fit, lbtf.sharpness.
 """
@@ -13,7 +14,8 @@ from __future__ import annotations
 import pandas as pd
 
 from lbtf import figures, report
-from lbtf.experiments import common, parametric, sharpness
+from lbtf.checkpoints import checkpoint_at, remove_resume
+from lbtf.experiments import common, sharpness
 
 
 def _train_sb(trainer, start, *, flags, run_dir, log) -> dict:
@@ -43,14 +45,15 @@ def run(flags, log=print):
     k = flags.warm_start_epochs
     log(f"warm_start: {flags.network} on {data.name}, SB={batches['SB']} for {k} epochs, LB="
         f"{batches['LB']} from every {flags.warm_start_stride}-th SB iterate; writing {run_dir}")
-    # The SB run never stops early: every one of its k iterates is a starting point.
+    # The SB run never stops early; it keeps the iterates the LB runs start from.
     sb = common.make_trainer(flags, data, strategy, batches["SB"], max_epochs=k, patience=k + 1,
-                             checkpoint_every=1)
+                             checkpoint_every=flags.warm_start_stride)
     start = None
     if not (run_dir / "runs" / "SB.json").is_file():
         start = common.initial_variables(common.model_builder(flags, data), flags.seed)
     sb_record = common.cached(run_dir / "runs" / "SB.json", lambda: _train_sb(
         sb, start, flags=flags, run_dir=run_dir, log=log), log=log)
+    remove_resume(sb_record["checkpoint_dir"])
     sb_history = pd.DataFrame(sb_record["history"])
     lb = common.make_trainer(flags, data, strategy, batches["LB"])
     rows = []
@@ -58,10 +61,11 @@ def run(flags, log=print):
     last = len(sb_history) - (sb_record["stop_reason"] == "diverged")
     for epoch in range(0, last, flags.warm_start_stride):
         name = f"LB_from_SB{epoch}"
-        ckpt = parametric.checkpoint_at(sb_record["checkpoint_dir"], epoch)
+        ckpt = checkpoint_at(sb_record["checkpoint_dir"], epoch)
         record = common.cached(run_dir / "runs" / f"{name}.json", lambda ckpt=ckpt, name=name:
                                _train_piggyback(lb, ckpt, name=name, flags=flags,
                                                 run_dir=run_dir, log=log), log=log)
+        remove_resume(record["checkpoint_dir"])
         point = common.at_point(record, flags.measure_point)
         rows.append({"sb_epoch": epoch, "sb_test_acc": sb_history.test_acc[epoch],
                      "lb_test_acc": point["test_acc"], "lb_train_acc": point["train_acc"],
@@ -103,5 +107,5 @@ def _write(flags, data, strategy, run_dir, table, found, sb_history, log) -> Non
                "sb_history": sb_history.to_dict(orient="records"),
                "piggyback": table.to_dict(orient="records"),
                "measurements": found.to_dict(orient="records")}
-    common.write_results(run_dir, results, text + "\n")
+    common.write_results(run_dir, results, text + "\n", log=log)
     log(f"\n{shown.to_markdown(index=False, floatfmt='.4g')}\n\nreport: {run_dir / 'report.md'}")
