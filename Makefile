@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_sharpness.py
 	$(PY) bench/bench_landscape.py
 	$(PY) bench/bench_remedies.py
-	$(PY) bench/bench_checkpoint.py
+	$(PY) bench/bench_epoch.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -41,14 +41,16 @@ def setup_text(results: dict) -> str:
     env, how = results["environment"], results["measurement"]
     b = results["batch_sizes"]
     epochs = runs.groupby("regime").measured_epoch.agg(["min", "max"])
+    span = {r: (f"{lo}" if lo == hi else f"{lo}-{hi}")
+            for r, lo, hi in zip(epochs.index, epochs["min"], epochs["max"], strict=True)}
     return (
         f"`make demo` ({results['network']} on {results['dataset']}: {results['num_train']} "
         f"training examples, SB {b['SB']}, LB {b['LB']} = 10%, a batch ratio of "
         f"{b['LB'] / b['SB']:.1f}; Adam; {runs.trial.nunique()} trials, each trained until the "
         f"training loss stopped improving), {results['seconds'] / 60:.1f} min on "
         f"{env.get('cpu_cores', '?')} CPU cores. Every run is measured at its epoch of lowest "
-        f"training loss ({how['point']}: SB epochs {epochs['min']['SB']}-{epochs['max']['SB']}, "
-        f"LB {epochs['min']['LB']}-{epochs['max']['LB']}). Loss for measurements: "
+        f"training loss ({how['point']}: SB epochs {span['SB']}, LB {span['LB']}). Loss for "
+        "measurements: "
         + (f"probabilities clipped to [{how['loss_clip']:g}, 1 - {how['loss_clip']:g}] as in "
            "Keras 1" if how["loss_clip"] else "exact cross-entropy")
         + f"; batch-statistics BN in chunks of {how['bn_chunk']}. Versions: Python "
