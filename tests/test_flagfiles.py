@@ -9,7 +9,8 @@ from absl import flags
 import lbtf.experiments.flags  # noqa: F401  (defines the flags)
 from lbtf.models import NETWORKS, PAPER_DATASET
 
-FLAGFILES = sorted((Path(__file__).resolve().parents[1] / "flags").glob("*.flags"))
+REPO = Path(__file__).resolve().parents[1]
+FLAGFILES = sorted((REPO / "flags").glob("*.flags"))
 # Paper artifact -> (experiment that produces it, networks the paper shows it for).
 ARTIFACTS = {"table2": ("table2", NETWORKS), "table3": ("table2", NETWORKS),
              "table4": ("table2", NETWORKS), "figure2": ("table2", ("F2", "C1")),
@@ -19,7 +20,8 @@ ARTIFACTS = {"table2": ("table2", NETWORKS), "table3": ("table2", NETWORKS),
 
 
 @pytest.fixture()
-def fresh_flags():
+def fresh_flags(monkeypatch):
+    monkeypatch.chdir(REPO)  # a twin names its paper flagfile relative to the repository root
     flags.FLAGS.unparse_flags()
     yield flags.FLAGS
     flags.FLAGS.unparse_flags()
@@ -52,3 +54,23 @@ def test_flagfile_parses(path, fresh_flags):
         assert fresh_flags.parametric == ["linear" if artifact == "figure3" else "curvilinear"]
     if artifact in ("figure4", "figure5"):  # long multi-run experiments resume when restarted
         assert fresh_flags.run_name == path.stem
+
+
+def parsed(fresh_flags, *args) -> dict[str, str]:
+    fresh_flags.unparse_flags()
+    fresh_flags(["run_experiments.py", *args])
+    return {name: fresh_flags[name].serialize() for name in fresh_flags}
+
+
+@pytest.mark.parametrize("twin", [p for p in FLAGFILES if p.stem.endswith("_cpu")],
+                         ids=lambda p: p.name)
+def test_every_cpu_twin_is_its_paper_flagfile_plus_overrides_that_change_it(twin, fresh_flags):
+    lines = [ln for ln in twin.read_text().splitlines() if ln.startswith("--")]
+    paper = f"flags/{twin.stem.removesuffix('_cpu')}.flags"
+    assert lines[0] == f"--flagfile={paper}"
+    base = parsed(fresh_flags, f"--flagfile={paper}")
+    for line in lines[1:]:  # each override changes what the paper file sets
+        name = line[2:].split("=")[0]
+        name = name if name in base else name.removeprefix("no")  # --nosharpness
+        changed = parsed(fresh_flags, f"--flagfile={paper}", line)
+        assert changed[name] != base[name], f"{twin.name}: {line} repeats {paper}"
