@@ -32,21 +32,24 @@ from lbtf.train import TrainConfig, Trainer, best_epoch, fit, resolve_batch_size
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
+def loader_options(flags) -> dict:
+    """The keyword arguments of --dataset's loader (lbtf.data.LOADERS) from the flags."""
+    return {
+        "mnist1d": lambda: {"num_samples": flags.mnist1d_samples, "data_dir": flags.data_dir},
+        "cluttered_digits": lambda: {"data_dir": flags.data_dir},
+        "digits": dict,
+        "timit": lambda: {"path": flags.timit_path},
+        "synthetic": lambda: {"shape": tuple(int(d) for d in flags.synthetic_shape),
+                              "num_classes": flags.synthetic_classes,
+                              "num_train": flags.synthetic_train,
+                              "num_test": flags.synthetic_test, "seed": flags.seed},
+    }.get(flags.dataset, lambda: {"data_dir": flags.data_dir,  # the tfds datasets
+                                  "download": flags.tfds_download})()
+
+
 def load_data(flags) -> data_lib.Dataset:
-    name = flags.dataset
-    if name == "mnist1d":
-        return data_lib.load_mnist1d(num_samples=flags.mnist1d_samples, data_dir=flags.data_dir)
-    if name == "timit":
-        return data_lib.load_timit(flags.timit_path)
-    if name == "synthetic":
-        return data_lib.load_synthetic(
-            shape=tuple(int(d) for d in flags.synthetic_shape), num_classes=flags.synthetic_classes,
-            num_train=flags.synthetic_train, num_test=flags.synthetic_test, seed=flags.seed)
-    if name == "digits":
-        return data_lib.load_digits()
-    if name == "cluttered_digits":
-        return data_lib.load_cluttered_digits(data_dir=flags.data_dir)
-    return data_lib.load_dataset(name, data_dir=flags.data_dir, download=flags.tfds_download)
+    """--dataset, loaded through lbtf.data's one registry."""
+    return data_lib.load_dataset(flags.dataset, **loader_options(flags))
 
 
 def prepare(flags, batch_specs: dict[str, str], log=print):
