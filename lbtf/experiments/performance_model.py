@@ -11,7 +11,7 @@ from __future__ import annotations
 from lbtf import runs
 from lbtf.errors import UsageError
 from lbtf.experiments import common
-from lbtf.remedies import performance_model
+from lbtf.performance import performance_model
 from lbtf.train import resolve_batch_size
 
 
