@@ -115,6 +115,17 @@ def restore_weights(model: keras.Model, checkpoint: str) -> None:
     tf.train.Checkpoint(model=model).read(checkpoint).expect_partial().assert_existing_objects_matched()
 
 
+def load_weights(model: keras.Model, checkpoint: str, network: str) -> None:
+    """Loads an lbtf checkpoint, or raises a UsageError naming the checkpoint and the network."""
+    try:
+        restore_weights(model, str(read_path(checkpoint)))
+    except (tf.errors.OpError, ValueError, AssertionError) as e:  # missing, corrupt, other net
+        first = str(e).strip().splitlines()[0][:160]
+        raise UsageError(f"cannot load checkpoint {checkpoint} into network {network} ({first}); "
+                         "pass a weights checkpoint written by lbtf for the same --network, "
+                         "--arch_variant and --dataset") from None
+
+
 def checkpoint_at(checkpoint_dir: str | Path, epoch: int | None = None) -> str | None:
     """The weights checkpoint of `epoch` (None: the last kept one) in a run's checkpoint folder."""
     if epoch is None:

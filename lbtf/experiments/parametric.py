@@ -13,9 +13,8 @@ import pandas as pd
 
 from lbtf import figures, landscape
 from lbtf.bn import BatchNormEstimator, measurement_model
-from lbtf.checkpoints import checkpoint_at
+from lbtf.checkpoints import checkpoint_at, load_weights
 from lbtf.experiments import common
-from lbtf.experiments.sharpness import restore
 from lbtf.objective import EvalSet, make_evaluator, measurement_loss
 
 PATH_FIGURES = {"linear": ("figure3_parametric_linear", "Figure 3",
@@ -29,7 +28,7 @@ def snapshots(flags, data, checkpoints: dict[str, str]):
     model = common.model_builder(flags, data)()
     out = {}
     for name, ckpt in checkpoints.items():
-        restore(model, ckpt, flags.network)
+        load_weights(model, ckpt, flags.network)
         out[name] = landscape.snapshot(model)
     return model, out
 

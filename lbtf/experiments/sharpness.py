@@ -14,26 +14,15 @@ from pathlib import Path
 import pandas as pd
 import tensorflow as tf
 
-from lbtf import report, runs
+from lbtf import report
 from lbtf.bn import measurement_model
-from lbtf.checkpoints import checkpoint_at, restore_weights
+from lbtf.checkpoints import checkpoint_at, load_weights
 from lbtf.errors import UsageError
 from lbtf.experiments import common
 from lbtf.hessian import top_eigenvalues_at
 from lbtf.models import build_model
 from lbtf.objective import Objective, flat_weights, measurement_loss, subsample
 from lbtf.sharpness import Subspace, sharpness_at
-
-
-def restore(model, checkpoint: str, network: str) -> None:
-    """Loads an lbtf checkpoint, or raises a UsageError naming the checkpoint and the network."""
-    try:
-        restore_weights(model, str(runs.read_path(checkpoint)))
-    except (tf.errors.OpError, ValueError, AssertionError) as e:  # missing, corrupt, other net
-        first = str(e).strip().splitlines()[0][:160]
-        raise UsageError(f"cannot load checkpoint {checkpoint} into network {network} ({first}); "
-                         "pass a weights checkpoint written by lbtf for the same --network, "
-                         "--arch_variant and --dataset") from None
 
 
 def resolve_checkpoint(path: str | None) -> str:
@@ -93,7 +82,7 @@ def measure_minimizers(flags, data, minimizers: list[dict], *, strategy=None, lo
 
 def _measure_one(flags, model, objectives: dict, subspace, checkpoint: str, labels: dict,
                  log) -> dict:
-    restore(model, checkpoint, flags.network)
+    load_weights(model, checkpoint, flags.network)
     x0 = flat_weights(model)
     spaces = [("full", None, None)]
     if subspace is not None:

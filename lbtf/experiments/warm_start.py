@@ -14,7 +14,7 @@ from __future__ import annotations
 import pandas as pd
 
 from lbtf import figures, report
-from lbtf.checkpoints import checkpoint_at, remove_resume
+from lbtf.checkpoints import checkpoint_at, load_weights, remove_resume
 from lbtf.experiments import common, sharpness
 
 
@@ -31,7 +31,7 @@ def _train_sb(trainer, start, *, flags, run_dir, log) -> dict:
 
 def _train_piggyback(trainer, checkpoint: str, *, name: str, flags, run_dir, log) -> dict:
     """An LB run from an SB iterate: its weights and BN statistics, a fresh Adam state."""
-    sharpness.restore(trainer.model, checkpoint, flags.network)
+    load_weights(trainer.model, checkpoint, flags.network)
     trainer.reset([v.numpy() for v in trainer.model.variables])
     return common.train_once(trainer, name=name, run_dir=run_dir, seed=flags.seed, log=log,
                              hparams={"regime": "LB", "network": flags.network, "start": name},
