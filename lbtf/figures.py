@@ -141,11 +141,11 @@ def sharpness_vs_loss(table: pd.DataFrame, *, title: str) -> plt.Figure:
     return fig
 
 
-def remedies(runs: pd.DataFrame, sharpness: pd.DataFrame, *, title: str) -> plt.Figure:
+def remedies(trained: pd.DataFrame, sharpness: pd.DataFrame, *, title: str) -> plt.Figure:
     """Test accuracy and full-space sharpness per regime (bars: mean, whiskers: std)."""
-    order = list(dict.fromkeys(runs.regime))
+    order = list(dict.fromkeys(trained.regime))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    acc = runs.groupby("regime").test_acc.agg(["mean", "std"]).reindex(order).fillna(0)
+    acc = trained.groupby("regime").test_acc.agg(["mean", "std"]).reindex(order).fillna(0)
     top.bar(order, 100 * acc["mean"], yerr=100 * acc["std"], color="tab:blue", capsize=3)
     top.set(ylabel="Testing accuracy (%)", title=title)
     top.set_ylim(max(0, 100 * acc["mean"].min() - 10), min(100, 100 * acc["mean"].max() + 5))

@@ -18,10 +18,10 @@ def run(flags, log=print):
     run_dir = common.start_run(flags, "batch_sweep", strategy)
     log(f"batch_sweep: {flags.network} on {data.name}, batch sizes "
         f"{', '.join(str(b) for b in batches.values())}, {flags.trials} trial(s); writing {run_dir}")
-    runs = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
+    trained = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
                                 run_dir=run_dir, log=log)
-    all_runs, runs = runs, common.without_diverged(runs, log)
-    accuracy = (runs.groupby("batch_size", sort=True)
+    all_runs, trained = trained, common.without_diverged(trained, log)
+    accuracy = (trained.groupby("batch_size", sort=True)
                 .agg(train_acc=("train_acc", "mean"), test_acc=("test_acc", "mean"),
                      test_acc_std=("test_acc", "std"), epochs=("epochs", "mean")).reset_index())
     found = pd.DataFrame(columns=["batch_size", "space", "epsilon", "value"])
@@ -29,7 +29,7 @@ def run(flags, log=print):
         log("measuring the sharpness of every final iterate")
         minimizers = [{"trial": r.trial, "regime": r.regime, "batch_size": r.batch_size,
                        "checkpoint": r.checkpoint}
-                      for r in runs.itertuples()]
+                      for r in trained.itertuples()]
         found = sharpness.measure_minimizers(flags, data, minimizers, strategy=strategy, log=log,
                                              cache_dir=run_dir / "measurements")
     sharp = common.primary_sharpness(found, flags.measure_bn)

@@ -302,15 +302,15 @@ def train_regimes(flags, *, data, strategy, batches: dict[str, int], run_dir: Pa
     return pd.DataFrame(finals)
 
 
-def without_diverged(runs: pd.DataFrame, log=print) -> pd.DataFrame:
+def without_diverged(trained: pd.DataFrame, log=print) -> pd.DataFrame:
     """The runs that did not diverge. A diverged run (non-finite loss) keeps its record, history
-    and checkpoints up to its last finite iterate, and the rest of the experiment goes on; it is
+    and the weights of its start and lowest-loss epoch, and the rest of the experiment goes on; it is
     left out of the summaries and measurements, and named in the log and in results.json."""
-    bad = runs.stop_reason == "diverged"
-    for r in runs[bad].itertuples():
+    bad = trained.stop_reason == "diverged"
+    for r in trained[bad].itertuples():
         log(f"  trial {r.trial} {r.regime}: diverged (non-finite loss) in epoch {r.epochs}; "
             "left out of the summaries and measurements")
-    return runs[~bad]
+    return trained[~bad]
 
 
 def primary_sharpness(found: pd.DataFrame, measure_bn: list[str]) -> pd.DataFrame:
@@ -322,8 +322,9 @@ def primary_sharpness(found: pd.DataFrame, measure_bn: list[str]) -> pd.DataFram
     return sharp[sharp.bn == measure_bn[0]] if "bn" in sharp else sharp
 
 
-def diverged_names(runs: pd.DataFrame) -> list[str]:
-    return [f"trial{r.trial}_{r.regime}" for r in runs.itertuples() if r.stop_reason == "diverged"]
+def diverged_names(trained: pd.DataFrame) -> list[str]:
+    return [f"trial{r.trial}_{r.regime}" for r in trained.itertuples()
+            if r.stop_reason == "diverged"]
 
 
 def write_results(run_dir: Path, results: dict, report: str, log=print) -> None:

@@ -33,12 +33,12 @@ def snapshots(flags, data, checkpoints: dict[str, str]):
     return model, out
 
 
-def distances(flags, data, runs: pd.DataFrame) -> pd.DataFrame:
+def distances(flags, data, trained: pd.DataFrame) -> pd.DataFrame:
     """Per trial: ||x_s - x_0||, ||x_l - x_0|| over the trainable weights at the measured points,
     and their ratio (the paper reports 3 to 10). Both regimes of a trial start from the same x_0
     (weights-0)."""
     rows = []
-    for trial, g in runs.groupby("trial"):
+    for trial, g in trained.groupby("trial"):
         at = g.set_index("regime")
         if not {"SB", "LB"} <= set(at.index):
             continue
@@ -73,12 +73,12 @@ def _path_setup(flags, data, model, snaps: dict, mode: str):
             estimator)
 
 
-def parametric_tables(flags, data, runs: pd.DataFrame, log=print) -> dict[str, pd.DataFrame]:
+def parametric_tables(flags, data, trained: pd.DataFrame, log=print) -> dict[str, pd.DataFrame]:
     """For each path in --parametric and each --measure_bn mode ("<path>/<mode>"): loss and
     accuracy along the path between the SB and LB measured points of trial --parametric_trial."""
     if not flags.parametric:
         return {}
-    g = runs[runs.trial == flags.parametric_trial].set_index("regime")
+    g = trained[trained.trial == flags.parametric_trial].set_index("regime")
     if not {"SB", "LB"} <= set(g.index):
         log(f"no parametric plot: a run of trial {flags.parametric_trial} diverged")
         return {}

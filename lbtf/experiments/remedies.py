@@ -53,27 +53,27 @@ def run(flags, log=print):
     run_dir = common.start_run(flags, "remedies", strategy)
     log(f"remedies: {flags.network} on {data.name}, regimes {', '.join(options)}, "
         f"{flags.trials} trial(s); writing {run_dir}")
-    runs = common.train_regimes(flags, data=data, strategy=strategy, batches=sizes,
+    trained = common.train_regimes(flags, data=data, strategy=strategy, batches=sizes,
                                 run_dir=run_dir, log=log, overrides=options)
-    all_runs, runs = runs, common.without_diverged(runs, log)
+    all_runs, trained = trained, common.without_diverged(trained, log)
     found = pd.DataFrame(columns=["regime", "measure", "space", "epsilon", "value"])
     if flags.sharpness:
         log("measuring the sharpness of every minimiser")
         found = sharpness.measure_minimizers(
             flags, data, [{"trial": r.trial, "regime": r.regime,
                            "checkpoint": r.checkpoint}
-                          for r in runs.itertuples()],
+                          for r in trained.itertuples()],
             strategy=strategy, log=log, cache_dir=run_dir / "measurements")
     summary = summarize(all_runs, common.primary_sharpness(found, flags.measure_bn))
-    _write(flags, data, strategy, run_dir, all_runs, runs, found, summary, options, log)
+    _write(flags, data, strategy, run_dir, all_runs, trained, found, summary, options, log)
     return run_dir
 
 
-def summarize(runs: pd.DataFrame, sharp: pd.DataFrame) -> pd.DataFrame:
+def summarize(trained: pd.DataFrame, sharp: pd.DataFrame) -> pd.DataFrame:
     """One row per regime: accuracies, gap, sharpness per (space, eps) and diffusion slope, as
     'mean ± std' strings over the trials that did not diverge, and how many did."""
     rows = []
-    for regime, everything in runs.groupby("regime", sort=False):
+    for regime, everything in trained.groupby("regime", sort=False):
         g = everything[everything.stop_reason != "diverged"]
         row = {"regime": regime, "batch": int(everything.batch_size.iloc[0]),
                "lr": f"{everything.learning_rate.iloc[0]:.3g}",
@@ -94,15 +94,15 @@ def summarize(runs: pd.DataFrame, sharp: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("–")
 
 
-def _write(flags, data, strategy, run_dir, all_runs, runs, found, summary, options,
+def _write(flags, data, strategy, run_dir, all_runs, trained, found, summary, options,
            log) -> None:
-    """report.md, figures and results.json; `runs` are those of `all_runs` that did not diverge."""
+    """report.md, figures and results.json; `trained` are those of `all_runs` that did not diverge."""
     writer = common.summary_writer(run_dir, "figures")
     caption = (f"Test accuracy (above) and full-space sharpness ({flags.measure_bn[0]} BN, below) "
                "per regime, mean and standard deviation over trials.")
     sharp = common.primary_sharpness(found, flags.measure_bn)
-    fig = figures.remedies(runs, sharp, title=f"Remedies: {flags.network} on {data.name}")
-    diffusion = runs[runs.trial == 0][["regime", "diffusion"]]
+    fig = figures.remedies(trained, sharp, title=f"Remedies: {flags.network} on {data.name}")
+    diffusion = trained[trained.trial == 0][["regime", "diffusion"]]
     fig2 = figures.diffusion(diffusion, title=f"Ultra-slow diffusion: {flags.network}, trial 0")
     table = summary.to_markdown(index=False)
     text = "\n\n".join([

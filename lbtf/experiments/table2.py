@@ -30,19 +30,19 @@ def run(flags, log=print):
     log(f"table2: {flags.network} ({flags.arch_variant}) on {data.name}, "
         f"{data.num_train} training examples, SB={batches['SB']} LB={batches['LB']}, "
         f"{flags.trials} trials, {strategy.num_replicas_in_sync} replica(s); writing {run_dir}")
-    runs = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
+    trained = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
                                 run_dir=run_dir, log=log)
-    all_runs, runs = runs, common.without_diverged(runs, log)
-    summary = report.accuracy_summary(runs)
+    all_runs, trained = trained, common.without_diverged(trained, log)
+    summary = report.accuracy_summary(trained)
     table = report.table2_markdown(summary, network=flags.network, dataset=data.name)
-    found = _measure(flags, data, runs, strategy=strategy, run_dir=run_dir, log=log)
+    found = _measure(flags, data, trained, strategy=strategy, run_dir=run_dir, log=log)
     summaries, details = sharpness_sections(found, flags, data.name) if found is not None else ([], [])
-    dist = parametric.distances(flags, data, runs)
+    dist = parametric.distances(flags, data, trained)
     writer = common.summary_writer(run_dir, "figures")
     history = pd.read_csv(read_path(run_dir / "history.csv"))
     plots = parametric.training_curves_figure(history, flags=flags, dataset=data.name,
                                               run_dir=run_dir, writer=writer)
-    tables = parametric.parametric_tables(flags, data, runs, log=log)
+    tables = parametric.parametric_tables(flags, data, trained, log=log)
     plots += parametric.parametric_figures(tables, flags=flags, dataset=data.name,
                                            run_dir=run_dir, writer=writer)
     distance = ["## Distance from the starting point", report.distance_markdown(dist)]
@@ -71,13 +71,13 @@ def run(flags, log=print):
     return run_dir
 
 
-def _measure(flags, data, runs: pd.DataFrame, *, strategy, run_dir, log) -> pd.DataFrame | None:
+def _measure(flags, data, trained: pd.DataFrame, *, strategy, run_dir, log) -> pd.DataFrame | None:
     """Tables 3 and 4: every run's measured point, under every --measure_bn mode (None: off)."""
     if not flags.sharpness:
         return None
     log("measuring the sharpness of every minimiser (Tables 3 and 4)")
     minimizers = [{"trial": r.trial, "regime": r.regime, "checkpoint": r.checkpoint}
-                  for r in runs.itertuples()]
+                  for r in trained.itertuples()]
     return sharpness.measure_minimizers(flags, data, minimizers, strategy=strategy, log=log,
                                         cache_dir=run_dir / "measurements")
 

@@ -13,10 +13,10 @@ def run(flags, log=print):
     run_dir = common.start_run(flags, "train", strategy)
     log(f"train: {flags.network} on {data.name}, batch {batches[regime]}, {flags.trials} "
         f"trials; writing {run_dir}")
-    runs = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
+    trained = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
                                 run_dir=run_dir, log=log)
-    all_runs, runs = runs, common.without_diverged(runs, log)
-    summary = report.accuracy_summary(runs)
+    all_runs, trained = trained, common.without_diverged(trained, log)
+    summary = report.accuracy_summary(trained)
     text = "\n\n".join([f"# {flags.network} on {data.name}, batch {batches[regime]}",
                         summary.to_markdown(index=False, floatfmt=".2f"),
                         "## Runs", report.runs_markdown(all_runs)])

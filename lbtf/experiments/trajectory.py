@@ -27,13 +27,13 @@ def run(flags, log=print):
         f"{flags.trials} trial(s), sharpness every {flags.trajectory_stride} epoch(s); "
         f"writing {run_dir}")
     every = flags.checkpoint_every
-    runs = common.train_regimes(
+    trained = common.train_regimes(
         flags, data=data, strategy=strategy, batches=batches, run_dir=run_dir, log=log,
         checkpoint_every=every if every and flags.trajectory_stride % every == 0
         else flags.trajectory_stride)
-    all_runs, runs = runs, common.without_diverged(runs, log)
+    all_runs, trained = trained, common.without_diverged(trained, log)
     minimizers = [{"trial": r.trial, "regime": r.regime, "epoch": epoch, "checkpoint": ckpt}
-                  for r in runs.itertuples()
+                  for r in trained.itertuples()
                   for epoch, ckpt in iterates(r.checkpoint_dir, flags.trajectory_stride)]
     log(f"measuring the sharpness of {len(minimizers)} iterates")
     found = sharpness.measure_minimizers(flags, data, minimizers, strategy=strategy, log=log,
