@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_landscape.py
 	$(PY) bench/bench_remedies.py
 	$(PY) bench/bench_epoch.py
+	$(PY) bench/bench_hessian.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

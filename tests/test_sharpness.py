@@ -295,3 +295,28 @@ def test_missing_fast_routine_warns_once_and_records_the_public_path(monkeypatch
     assert res.driver == lbfgsb.PUBLIC and np.allclose(res.x, 0, atol=1e-6)
     warning = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
     assert len(warning) == 1 and "scipy.optimize.minimize" in warning[0]
+
+
+class QuadraticObjective:
+    """f(w) = w'Hw / 2 with a known symmetric H: Hessian-vector products without a network."""
+
+    def __init__(self, eigenvalues, seed=0):
+        q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(len(eigenvalues),) * 2))
+        self.h, self.n = (q * eigenvalues) @ q.T, 1
+
+    def hessian_vector_product(self, w, v):
+        return self.h @ v
+
+
+def test_power_iteration_and_lanczos_find_a_known_top_eigenvalue_and_count_products():
+    from lbtf.hessian import power_iteration_at, top_eigenvalues_at
+
+    spectrum = np.concatenate([[10.0, 9.5], np.linspace(-0.5, 5.0, 98)])  # gap ratio 0.95
+    quad = QuadraticObjective(spectrum)
+    w = np.zeros(len(spectrum))
+    power = power_iteration_at(quad, w, tol=1e-6)
+    lanczos = top_eigenvalues_at(quad, w, k=1, tol=1e-6)
+    assert power.eigenvalues[0] == pytest.approx(10.0, rel=1e-4)
+    assert lanczos.eigenvalues[0] == pytest.approx(10.0, rel=1e-6)
+    # Power iteration converges like 0.95^(2t); Lanczos like a Chebyshev polynomial: far fewer.
+    assert lanczos.num_hvp < power.num_hvp / 2
