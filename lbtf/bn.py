@@ -153,11 +153,14 @@ class BatchNormEstimator:
             for i, (m, v) in enumerate(self._moments(xb)):
                 means[i] = means[i] + w * m.numpy().astype(np.float64)
                 variances[i] = variances[i] + w * v.numpy().astype(np.float64)
-        for lay, m, v in zip(self.layers, means, variances, strict=True):
-            lay.moving_mean.assign(np.reshape(m, lay.moving_mean.shape))
-            lay.moving_variance.assign(np.reshape(v, lay.moving_variance.shape))
+        assign_statistics(self.layers, means, variances)
 
 
+def assign_statistics(layers: list, means: list, variances: list) -> None:
+    """Sets each BN layer's moving mean and variance (any shape holding the channel values)."""
+    for lay, m, v in zip(layers, means, variances, strict=True):
+        lay.moving_mean.assign(np.reshape(m, lay.moving_mean.shape))
+        lay.moving_variance.assign(np.reshape(v, lay.moving_variance.shape))
 
 
 # Above this estimate of activation memory, `population_pass` declines and the trainer falls back
@@ -176,7 +179,7 @@ class PopulationPass:
     need a second pass (a per-epoch saving of one forward pass over the training set).
     """
 
-    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, *, loss, jit_compile: bool):
+    def __init__(self, model: keras.Model, x, y, *, loss, jit_compile: bool):
         self.layers = bn_layers(model)
         twin = measurement_model(model, "batch")
         twin_bn = {lay.name: lay for lay in twin.layers if isinstance(lay, BatchStatisticsNormalization)}
@@ -186,7 +189,7 @@ class PopulationPass:
         probe = keras.Model(twin.inputs, [lay.input for lay in inputs] + [twin.output])
         axes = [lay._reduce for lay in inputs]
         pairs = list(zip(twin.trainable_variables, model.trainable_variables, strict=True))
-        xs, ys = tf.constant(x), tf.constant(y)
+        xs, ys = tf.convert_to_tensor(x), tf.convert_to_tensor(y)  # a caller's tensors: no copy
 
         def run():
             for t, v in pairs:  # the twin holds a copy of the weights: bring it up to date
@@ -201,9 +204,7 @@ class PopulationPass:
     def __call__(self) -> tuple[float, float]:
         """Assigns the population statistics; returns the set's mean loss and accuracy."""
         moments, loss, acc = self._run()
-        for lay, (m, v) in zip(self.layers, moments, strict=True):
-            lay.moving_mean.assign(tf.reshape(m, lay.moving_mean.shape))
-            lay.moving_variance.assign(tf.reshape(v, lay.moving_variance.shape))
+        assign_statistics(self.layers, *zip(*moments, strict=True))
         return float(loss), float(acc)
 
 
@@ -214,10 +215,10 @@ def activation_bytes(model: keras.Model, num_examples: int) -> int:
     return 4 * per_example * num_examples * 2
 
 
-def population_pass(model: keras.Model, x: np.ndarray, y: np.ndarray, *, loss,
+def population_pass(model: keras.Model, x, y, *, loss,
                     jit_compile: bool) -> PopulationPass | None:
-    """A PopulationPass over (x, y), or None when the model has no BN layer, its BN layers are
-    nested or not cloneable, or the activations of x as one batch would exceed
+    """A PopulationPass over (x, y) (arrays or tensors), or None when the model has no BN layer,
+    its BN layers are nested or not cloneable, or the activations of x as one batch would exceed
     POPULATION_PASS_BYTES."""
     try:
         if not bn_layers(model) or activation_bytes(model, len(x)) > POPULATION_PASS_BYTES:

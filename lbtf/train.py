@@ -146,7 +146,7 @@ class Trainer:
         self._population = None
         if config.bn_eval == "recompute":
             with self.strategy.scope():
-                self._population = population_pass(self.model, data.x_train, data.y_train,
+                self._population = population_pass(self.model, self._x, self._y,
                                                    loss=per_example_loss,
                                                    jit_compile=config.jit_compile and single)
         self._bn_estimator = (None if self._population else
@@ -304,7 +304,7 @@ class Trainer:
 
     @property
     def bn_eval_source(self) -> str:
-        """Where measurements take BN statistics from, for logs and records."""
+        """Where measurements take BN statistics from, in words (printed by bench_epoch)."""
         if self._population is not None:
             return "population statistics of the whole training set (one fused pass)"
         if self._bn_estimator is not None:
