@@ -1,4 +1,5 @@
-"""lbtf command line: parses absl flags and dispatches to lbtf.experiments.<name>.run(FLAGS).
+"""lbtf command line: parses absl flags into one typed Config and dispatches to
+lbtf.experiments.<name>.run(config).
 
     python run_experiments.py                       # the demo: Table 2 for F1 on MNIST-1D
     python run_experiments.py --flagfile=flags/table2_F1.flags
@@ -14,7 +15,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 from absl import app, flags, logging  # noqa: E402
 
 from lbtf.errors import WRITE_FAILED_HINT, UsageError  # noqa: E402
-from lbtf.experiments import flags as _lbtf_flags  # noqa: E402,F401  (defines every flag)
+from lbtf.experiments import flags as lbtf_flags  # noqa: E402  (defines every flag)
+from lbtf.experiments.config import from_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -23,9 +25,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
     logging.set_verbosity(logging.WARNING)  # no INFO line per checkpoint save
-    experiment = importlib.import_module(f"lbtf.experiments.{FLAGS.experiment}")
+    config = from_flags(FLAGS, lbtf_flags.flags_text())  # the one place flags become a Config
+    experiment = importlib.import_module(f"lbtf.experiments.{config.run.experiment}")
     try:
-        experiment.run(FLAGS)
+        experiment.run(config)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

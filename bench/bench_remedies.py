@@ -21,6 +21,7 @@ from bench_train import ratio_cell, summary, times  # noqa: E402
 from lbtf.data import load_synthetic  # noqa: E402
 from lbtf.layers import norm_layer  # noqa: E402
 from lbtf.models import build_model  # noqa: E402
+from lbtf.remedies import Remedies  # noqa: E402
 from lbtf.train import TrainConfig, Trainer  # noqa: E402
 
 
@@ -55,7 +56,8 @@ def main() -> None:
         rows.append((f"ghost BN ({args.ghost}) against standard BN, batch {b}", text, "<= 1.10x",
                      ratio <= 1.10))
     b = args.batches[0]
-    plain, sam = run(batch=b, norm="standard"), run(batch=b, norm="standard", sam_rho=0.05)
+    plain = run(batch=b, norm="standard")
+    sam = run(batch=b, norm="standard", remedies=Remedies(sam_rho=0.05))
     text, ratio = ratio_cell(sam, plain)
     rows.append((f"SAM step against a plain step, batch {b}", text,
                  "none (two passes: about 2x expected)", None))

@@ -3,7 +3,7 @@
 Batch normalisation under a multi-replica strategy: Keras' BatchNormalization computes its
 statistics over each replica's share of the batch, so an "LB" run of global batch B on R replicas
 normalises ghost batches of B / R examples (`describe` says so at the start of every run). Use
-`--bn=sync` (`BatchNormalization(synchronized=True)`) for true large-batch statistics.
+`--bn_layer=sync` (`BatchNormalization(synchronized=True)`) for true large-batch statistics.
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ def describe(strategy: tf.distribute.Strategy, batches: dict[str, int], *, bn: s
              f"{index}{' (chief: writes the run folder)' if index == 0 else ''}"]
     for regime, b in batches.items():
         per = b // n
-        norm = {"sync": f"BN statistics over the whole global batch of {b} (--bn=sync)",
+        norm = {"sync": f"BN statistics over the whole global batch of {b} (--bn_layer=sync)",
                 "ghost": f"ghost BN over {min(ghost_batch_size, per)} examples within each replica",
-                "standard": (f"BN statistics per replica: ghost batches of {per} (--bn=sync for "
+                "standard": (f"BN statistics per replica: ghost batches of {per} (--bn_layer=sync for "
                              f"statistics over all {b})" if n > 1 else
                              f"BN statistics over the batch of {b}")}[bn]
         lines.append(f"  {regime}: global batch {b} = {n} x {per} per replica; {norm}")

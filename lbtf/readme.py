@@ -158,7 +158,7 @@ def update(readme: Path, run_dir: Path, docs: Path) -> None:
     missing = [n for n in FIGURES if not (run_dir / f"{n}.png").is_file()]
     if missing:
         raise UsageError(f"{run_dir} lacks {', '.join(missing)}.png: run it with "
-                         "--parametric=linear and --measure_bn=moving,batch")
+                         "--parametric=linear and --bn_measure=moving,batch")
     text = readme.read_text()
     if BEGIN not in text or END not in text:
         raise UsageError(f"{readme} lacks the results markers {BEGIN!r} ... {END!r}")

@@ -6,19 +6,60 @@
   adversarial training (FGSM examples, Goodfellow et al. 2014).
 - Sharpness-Aware Minimization (Foret et al. 2021): the ascent step.
 
-Keskar et al.'s Appendix C performance model is in lbtf.performance.
+Every remedy's setting is a field of `Remedies`, off by default; `REGIMES` says how
+--experiment=remedies turns each one on. Adding a remedy touches three files: a field and its
+regime here, its flag in lbtf/experiments/flags.py, and the step that applies it in lbtf/train.py.
+
+Keskar et al.'s Appendix C performance model is in lbtf.performance. TensorFlow is imported inside
+the functions that need it: the flags read `Remedies` and `REGIMES` before TensorFlow loads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from lbtf.choices import LR_SCALINGS, NORMALIZATIONS  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Remedies:
+    """Every remedy's setting (the flags of the same names); the defaults are off."""
+    lr_scaling: str = "none"          # lr x sqrt(B / B_ref) ("sqrt", Hoffer) or x B / B_ref
+    lr_reference_batch: int = 256     # B_ref of lr_scaling and regime_adaptation
+    regime_adaptation: bool = False   # epochs, patience and milestones x B / B_ref
+    clip_norm: float = 0.0            # clip gradients to this global norm (0: off)
+    sam_rho: float = 0.0              # Sharpness-Aware Minimization radius (0: off)
+    fgsm_epsilon: float = 0.0         # adversarial training with FGSM examples of this size
+    conservative_lambda: float = 0.0  # proximal weight of conservative training (0: off)
+    conservative_steps: int = 3       # Adam steps per proximal subproblem
+    augment: bool = False             # on-the-fly image augmentation (Appendix E)
+    diffusion_every: int = 0          # not a remedy, Hoffer's measurement: ||w_t - w_0|| every N
+                                      # steps (0: off)
+
+
+# --experiment=remedies: regime "LB+<name>" is LB with every remedy off (OFF) except those
+# REGIMES[name] turns on, given the configured settings (a flag left at 0 takes the published
+# value). Keys name configuration fields of any group (e.g. the network's bn_layer).
+OFF = {"bn_layer": "standard", "lr_scaling": "none", "regime_adaptation": False,
+       "clip_norm": 0.0, "sam_rho": 0.0, "fgsm_epsilon": 0.0, "conservative_lambda": 0.0,
+       "augment": False}
+REGIMES: dict[str, Callable[[Remedies], dict]] = {
+    "ghost": lambda r: {"bn_layer": "ghost", "lr_scaling": "sqrt", "regime_adaptation": True,
+                        "clip_norm": r.clip_norm},  # Hoffer et al.: GBN, sqrt lr, train longer
+    "augment": lambda r: {"augment": True},          # Appendix E (image data only)
+    "conservative": lambda r: {"conservative_lambda": r.conservative_lambda or 1e-3},
+    "adversarial": lambda r: {"fgsm_epsilon": r.fgsm_epsilon or 0.01},
+    "sam": lambda r: {"sam_rho": r.sam_rho or 0.05},  # Foret et al.
+}
 
 
 def scaled_learning_rate(learning_rate: float, batch: int, *, reference: int = 256,
@@ -53,16 +94,22 @@ def proximal_term(variables: Sequence[tf.Variable], anchors: Sequence[tf.Variabl
                   lam: float) -> tf.Tensor:
     """lambda / 2 ||x - x_k||^2 over the trainable weights: the conservative-training term, whose
     gradient is lambda (x - x_k)."""
+    import tensorflow as tf
+
     return 0.5 * lam * tf.add_n([tf.reduce_sum(tf.square(v - a))
                                  for v, a in zip(variables, anchors, strict=True)])
 
 
 def fgsm_examples(x: tf.Tensor, grad_x: tf.Tensor, epsilon: float) -> tf.Tensor:
     """x + eps sign(grad_x f): the fast-gradient-sign adversarial examples (max-norm eps)."""
+    import tensorflow as tf
+
     return tf.stop_gradient(x + epsilon * tf.sign(grad_x))
 
 
 def global_norm(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
+    import tensorflow as tf
+
     return tf.sqrt(tf.add_n([tf.reduce_sum(tf.square(t)) for t in tensors]))
 
 
@@ -90,6 +137,8 @@ def augmentation(*, rotation_degrees: float = 10.0, translation: float = 0.1,
                  flip: bool = True, seed: int = 0) -> keras.Sequential:
     """Appendix E's on-the-fly augmentation for images: random rotations, translations and
     horizontal reflections (Keras preprocessing layers, active only with training=True)."""
+    import keras
+
     layers = [keras.layers.RandomRotation(rotation_degrees / 360.0, fill_mode="constant",
                                           seed=seed),
               keras.layers.RandomTranslation(translation, translation, fill_mode="constant",

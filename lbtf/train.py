@@ -27,6 +27,7 @@ from lbtf.distribute import split_columns, worker
 from lbtf.errors import UsageError
 from lbtf.objective import EvalSet, make_evaluator
 from lbtf.objective import default_loss as per_example_loss
+from lbtf.remedies import Remedies
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -42,16 +43,11 @@ class TrainConfig:
     checkpoint_every: int = 0         # also keep every N-th epoch's weights (0: only those read
                                       # back: the start, the lowest training loss, the last)
     resume_interval: float = 30.0     # seconds between resume checkpoints (0: after every epoch)
-    # Remedies (lbtf.remedies); all off by default.
     lr_milestones: tuple[int, ...] = ()  # epochs at which the learning rate is multiplied by
     lr_decay: float = 0.1                # lr_decay
-    clip_norm: float = 0.0            # clip gradients to this global norm (0: off)
-    sam_rho: float = 0.0              # Sharpness-Aware Minimization radius (0: off)
-    fgsm_epsilon: float = 0.0         # adversarial training with FGSM examples of this size (0: off)
-    conservative_lambda: float = 0.0  # proximal weight of conservative training (0: off)
-    conservative_steps: int = 3       # Adam steps per proximal subproblem
-    augment: bool = False             # on-the-fly image augmentation (Appendix E)
-    diffusion_every: int = 0          # record ||w_t - w_0|| every N steps (0: off)
+    # The remedies this trainer applies in its step (lr scaling and regime adaptation are already
+    # in learning_rate, max_epochs, patience and lr_milestones); all off by default.
+    remedies: Remedies = Remedies()
     # BN statistics for evaluation and checkpoints: "recompute" re-estimates them from training
     # data before each measurement (population statistics, like the paper's Keras-1 BN that used
     # batch statistics at test time); "moving" keeps Keras' moving averages, which lag far behind
@@ -118,16 +114,17 @@ class Trainer:
         self.config = config
         self.data = data
         single = self.strategy.num_replicas_in_sync == 1
+        remedy = config.remedies
         with self.strategy.scope():
             self.model = build()
             self.optimizer = keras.optimizers.Adam(self._learning_rate(),
-                                                   global_clipnorm=config.clip_norm or None)
+                                                   global_clipnorm=remedy.clip_norm or None)
             # Slots must exist before the first traced step: created lazily inside a graph, they
             # break under MirroredStrategy.
             self.optimizer.build(self.model.trainable_variables)
             self._anchors = ([tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
-                             if config.conservative_lambda else [])
-        self._augment = remedies.augmentation(seed=config.seed) if config.augment else None
+                             if remedy.conservative_lambda else [])
+        self._augment = remedies.augmentation(seed=config.seed) if remedy.augment else None
         # w_0 of ||w_t - w_0||, kept as variables so a resumed run measures from the same start.
         self._w0 = [tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
         # BN moving statistics, kept by SAM's second pass.
@@ -139,7 +136,7 @@ class Trainer:
         # Keras' image transforms (ImageProjectiveTransform) have no XLA kernel: augmented training
         # runs the loop as a plain graph.
         self._loop = tf.function(self._run_steps,
-                                 jit_compile=config.jit_compile and single and not config.augment)
+                                 jit_compile=config.jit_compile and single and not remedy.augment)
         self.evaluate = make_evaluator(self.model, config.jit_compile and single)
         self.eval_sets = {"train": EvalSet(data.x_train, data.y_train, config.eval_batch_size),
                           "test": EvalSet(data.x_test, data.y_test, config.eval_batch_size)}
@@ -225,13 +222,13 @@ class Trainer:
             with tf.GradientTape() as input_tape:
                 input_tape.watch(xb)
                 loss = self._loss(xb, yb)
-            if self.config.fgsm_epsilon:
+            if self.config.remedies.fgsm_epsilon:
                 x_adv = remedies.fgsm_examples(xb, input_tape.gradient(loss, xb),
-                                               self.config.fgsm_epsilon)
+                                               self.config.remedies.fgsm_epsilon)
                 loss = 0.5 * (loss + self._loss(x_adv, yb))
             if self._anchors:
                 loss += tf.nn.scale_regularization_loss(remedies.proximal_term(
-                    variables, self._anchors, self.config.conservative_lambda))
+                    variables, self._anchors, self.config.remedies.conservative_lambda))
         return tape.gradient(loss, variables), loss
 
     def _sam_gradients(self, xb, yb, grads: list) -> list:
@@ -240,7 +237,7 @@ class Trainer:
         undone, so each step updates them once, from the unperturbed weights."""
         ctx = tf.distribute.get_replica_context()
         full = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        eps = remedies.sam_perturbation(full, self.config.sam_rho)
+        eps = remedies.sam_perturbation(full, self.config.remedies.sam_rho)
         variables = self.model.trainable_variables
         saved = [tf.identity(v) for v in self._bn_stats]
         for v, e in zip(variables, eps, strict=True):
@@ -268,9 +265,9 @@ class Trainer:
             for a, v in zip(self._anchors, variables, strict=True):
                 a.assign(v)
         first = None
-        for _ in range(self.config.conservative_steps if self._anchors else 1):
+        for _ in range(self.config.remedies.conservative_steps if self._anchors else 1):
             grads, loss = self._gradients(xb, yb)
-            if self.config.sam_rho:
+            if self.config.remedies.sam_rho:
                 grads = self._sam_gradients(xb, yb, grads)
             self.optimizer.apply_gradients(zip(grads, variables, strict=True))
             first = loss if first is None else first
@@ -286,13 +283,13 @@ class Trainer:
     def train_epoch(self, rng: np.random.Generator) -> tuple[float, int]:
         """One pass over a fresh permutation; returns the mean minibatch loss and the step count."""
         idx = epoch_indices(rng, self.data.num_train, self.config.batch_size)
-        chunk = self.config.diffusion_every or self.config.steps_per_loop or len(idx)
+        chunk = self.config.remedies.diffusion_every or self.config.steps_per_loop or len(idx)
         total = 0.0
         for s in range(0, len(idx), chunk):
             part = tf.constant(idx[s:s + chunk])
             total += float(self._loop(split_columns(self.strategy, part), int(part.shape[0])))
             self._steps_done += int(part.shape[0])
-            if self.config.diffusion_every:
+            if self.config.remedies.diffusion_every:
                 self.diffusion.append((self._steps_done, self.distance_from_start()))
         return total / max(len(idx), 1), len(idx)
 

@@ -5,7 +5,7 @@
 #
 # The global batch (--sb_batch_size / --lb_batch_size) is split evenly over the GPUs and must be a
 # multiple of their count; the start of the log shows the per-replica batch. Plain BN then
-# normalises each GPU's share (ghost batches of B / #GPUs); add --bn=sync for statistics over the
+# normalises each GPU's share (ghost batches of B / #GPUs); add --bn_layer=sync for statistics over the
 # whole batch. The run folder is outputs/<run name>: if the job dies (node failure, time limit),
 # the same command resumes from the last epoch's checkpoint and skips finished runs.
 # Restrict the GPUs with CUDA_VISIBLE_DEVICES=0,1 as usual.

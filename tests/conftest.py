@@ -32,3 +32,18 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subproce
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "run_experiments.py"), *args], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_experiment(*args: str) -> tuple[Path | None, str]:
+    """Runs an experiment in this process, its flags parsed and validated by absl as
+    run_experiments.py does; returns its run folder and its log. Errors propagate as exceptions
+    (UsageError, absl's flags.Error)."""
+    import importlib
+
+    from lbtf.experiments.flags import parse
+
+    config = parse(list(args))
+    lines: list[str] = []
+    experiment = importlib.import_module(f"lbtf.experiments.{config.run.experiment}")
+    run_dir = experiment.run(config, log=lines.append)
+    return run_dir, "\n".join(lines)

@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy
-from conftest import run_cli
+from absl import flags
+from conftest import run_cli, run_experiment
 
 from lbtf.checkpoints import kept_weights
+from lbtf.errors import UsageError
 from lbtf.lbfgsb import FAST
 
 TINY = ["--mnist1d_samples=500", "--max_epochs=3", "--trials=2", "--patience=2", "--nosharpness",
@@ -34,12 +36,12 @@ def error_lines(stderr: str) -> list[str]:
     (["--output_dir=/etc/hostname/runs"], "not writable"),
     (["--dataset=timit", "--timit_path=/nonexistent.npz"], "TIMIT file not found"),
     (["--synthetic_shape=a,3", "--dataset=synthetic"], "--synthetic_shape"),
-    (["stray"], "unexpected arguments"),
     (["--parametric=spiral"], "--parametric takes paths"),
     (["--alpha_min=2", "--alpha_max=1"], "--alpha_min must be below --alpha_max"),
     (["--parametric_trial=2"], "needs at least 3 --trials"),
-    (["--bn_stats=guess"], "--bn_stats"),
-    (["--measure_bn=moving,frozen"], "--measure_bn takes one or both of moving, batch"),
+    (["--bn_path=guess"], "--bn_path"),
+    (["--bn_measure=moving,frozen"], "--bn_measure takes one or both of moving, batch"),
+    (["--measure_bn=moving,frozen"], "--bn_measure takes one or both of moving, batch"),  # old name
     (["--loss_clip=0.5"], "--loss_clip"),
     (["--measure_point=first"], "--measure_point"),
     (["--sharpness_starts=0"], "--sharpness_starts"),
@@ -49,7 +51,7 @@ def error_lines(stderr: str) -> list[str]:
     (["--augment"], "--augment needs image data"),
     (["--experiment=remedies", "--remedies=dropout"], "--remedies takes names"),
     (["--lr_milestones=0,5"], "--lr_milestones takes positive epochs"),
-    (["--bn=layer"], "--bn"),
+    (["--bn_layer=layer"], "--bn_layer"),
     (["--experiment=performance_model", "--perf_processors=1000"], "P < B_l"),
     (["--experiment=fig9"], "--experiment"),
     (["--dataset=timit", "--timit_path=TIMIT_WRONG_SHAPE"], "expected x[N,360] y[N]"),
@@ -62,24 +64,41 @@ def error_lines(stderr: str) -> list[str]:
     (["--strategy=gpus"], "--strategy"),
     (["--slurm_port_base=80"], "--slurm_port_base"),
     (["--checkpoint_every=-1"], "--checkpoint_every"),
-    (["--ghost_batch_size=0", "--bn=ghost"], "--ghost_batch_size"),
+    (["--ghost_batch_size=0", "--bn_layer=ghost"], "--ghost_batch_size"),
     (["--mnist1d_samples=10"], "--mnist1d_samples"),
     (["--sam_rho=-0.05"], "--sam_rho"),
     (["--experiment=sharpness", "--checkpoint=CORRUPT"], "cannot load checkpoint"),
 ])
-def test_bad_input_is_one_line_and_leaves_no_run(args, expect, data_dir, tmp_path):
+def test_bad_input_is_one_line_and_leaves_no_run(args, expect, data_dir, tmp_path, monkeypatch):
+    """In-process: the flags as absl parses them, then the experiment; the error is one line and
+    nothing is written (the command line's printing and exit codes: test_command_line_errors)."""
     out = tmp_path / "runs"
     if not any(a.startswith("--output_dir") for a in args):
         args = [*args, f"--output_dir={out}"]
-    args, env = [a for a in args if "=" not in a or a.startswith("-")], dict(
-        a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
-    args = [_make_bad_file(a, tmp_path) for a in args]
-    proc = run_cli(*args, f"--data_dir={data_dir}", *TINY, env=env)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    for a in args:
+        if "=" in a and not a.startswith("-"):
+            monkeypatch.setenv(*a.split("=", 1))
+    args = [_make_bad_file(a, tmp_path) for a in args if a.startswith("-") or "=" not in a]
+    with pytest.raises((flags.Error, UsageError)) as error:
+        run_experiment(*args, f"--data_dir={data_dir}", *TINY)
+    message = str(error.value)
+    assert expect in message and "\n" not in message, message
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("args,expect,code", [
+    (["--network=F9"], "--network", 1),                              # absl's flag validation
+    (["--sb_batch_size=100000"], "exceeds the 400 training examples", 2),  # lbtf's UsageError
+    (["stray"], "unexpected arguments", 1),
+    (["--output_dir=/etc/hostname/runs"], "not writable", 2),
+])
+def test_command_line_errors(args, expect, code, data_dir):
+    """The command line turns every kind of error into one line on stderr and a non-zero exit."""
+    proc = run_cli(*args, f"--data_dir={data_dir}", *TINY)
+    assert proc.returncode == code and "Traceback" not in proc.stderr
     lines = error_lines(proc.stderr) or [ln for ln in proc.stderr.splitlines() if expect in ln]
     assert len(lines) == 1 and expect in lines[0], proc.stderr[-2000:]
-    assert not out.exists() or not any(out.iterdir())
 
 
 def _make_bad_file(arg: str, tmp_path) -> str:
@@ -157,24 +176,20 @@ def test_table2_end_to_end(data_dir, tmp_path):
 
 
 def test_train_experiment_and_info(data_dir, tmp_path):
-    proc = run_cli("--experiment=train", "--batch_size=10%", f"--data_dir={data_dir}",
-                   f"--output_dir={tmp_path}", *TINY[:2], "--trials=1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = tmp_path.iterdir()
+    run, _ = run_experiment("--experiment=train", "--batch_size=10%", f"--data_dir={data_dir}",
+                            f"--output_dir={tmp_path}", *TINY[:2], "--trials=1")
     assert json.loads((run / "results.json").read_text())["batch_size"] == 40
-    proc = run_cli("--experiment=info", f"--data_dir={data_dir}", "--mnist1d_samples=500")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1462794" in proc.stdout and "14991946" in proc.stdout
+    _, log = run_experiment("--experiment=info", f"--data_dir={data_dir}", "--mnist1d_samples=500")
+    # Parameter counts derived layer by layer in test_models.py.
+    assert "1462794" in log and "14991946" in log
 
 
 SHARP = ["--epsilons=1e-3", "--subspace_dim=3", "--sharpness_maxiter=2"]
 
 
 def test_table2_reports_sharpness_tables(data_dir, tmp_path):
-    proc = run_cli(f"--data_dir={data_dir}", f"--output_dir={tmp_path}", *TINY[:2], "--trials=1",
-                   *SHARP, "--hessian_k=1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = tmp_path.iterdir()
+    run, log = run_experiment(f"--data_dir={data_dir}", f"--output_dir={tmp_path}", *TINY[:2],
+                              "--trials=1", *SHARP, "--hessian_k=1")
     results = json.loads((run / "results.json").read_text())
     m = pd.DataFrame(results["measurements"])
     sharp = m[m.measure == "sharpness"]
@@ -188,15 +203,14 @@ def test_table2_reports_sharpness_tables(data_dir, tmp_path):
     assert "## Table 3" in report and "## Table 4" in report
     assert "moving BN" in report and "batch-statistics BN" in report
     assert "largest Hessian eigenvalue" in report
-    summary = proc.stdout.rsplit("measuring the sharpness", 1)[1]  # printed at the end of the run
+    summary = log.rsplit("measuring the sharpness", 1)[1]  # printed at the end of the run
     assert "## Table 3" in summary and "## Curvature cross-check" in summary
     # Measure a saved minimiser again, by folder (its latest checkpoint): the same number.
     ckpt = run / "checkpoints" / "trial0_LB"
     out = tmp_path / "again"
-    proc = run_cli("--experiment=sharpness", f"--checkpoint={ckpt}", f"--data_dir={data_dir}",
-                   f"--output_dir={out}", "--mnist1d_samples=500", *SHARP, "--subspace_dim=0")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (again,) = out.iterdir()
+    again, _ = run_experiment("--experiment=sharpness", f"--checkpoint={ckpt}",
+                              f"--data_dir={data_dir}", f"--output_dir={out}",
+                              "--mnist1d_samples=500", *SHARP, "--subspace_dim=0")
     again_m = pd.DataFrame(json.loads((again / "results.json").read_text())["measurements"])
     for bn in ("moving", "batch"):
         value = again_m[again_m.bn == bn].value.iloc[0]
@@ -219,8 +233,7 @@ def test_sharpness_bad_checkpoint(checkpoint, expect, data_dir, tmp_path):
         args.append("--network=F2")
     if checkpoint:
         args.append(f"--checkpoint={checkpoint}")
-    proc = run_cli(*args)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    lines = error_lines(proc.stderr)
-    assert len(lines) == 1 and expect in lines[0], proc.stderr[-2000:]
+    with pytest.raises(UsageError, match=expect) as error:
+        run_experiment(*args)
+    assert "\n" not in str(error.value)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

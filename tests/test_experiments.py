@@ -6,18 +6,18 @@ import shutil
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import run_experiment
 
 from lbtf.checkpoints import kept_weights
+from lbtf.errors import UsageError
 
-BASE = ["--mnist1d_samples=500", "--max_epochs=2", "--patience=2", "--trials=1", "--measure_bn=moving",
-        "--epsilons=1e-3", "--subspace_dim=0", "--sharpness_maxiter=2"]
+BASE = ["--mnist1d_samples=500", "--max_epochs=2", "--patience=2", "--trials=1",
+        "--bn_measure=moving", "--epsilons=1e-3", "--subspace_dim=0", "--sharpness_maxiter=2"]
 
 
-def run_ok(*args):
-    proc = run_cli(*args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+def run_ok(*args) -> str:
+    """The log of an experiment run in-process (the command line itself is tested in test_cli)."""
+    return run_experiment(*args)[1]
 
 
 def results_of(run) -> dict:
@@ -54,17 +54,17 @@ def test_warm_start_restart_skips_finished_runs(data_dir, tmp_path):
     shutil.rmtree(run / "checkpoints" / "LB_from_SB1")
     (run / "measurements" / "sb_epoch1.json").unlink()
     (run / "results.json").unlink()
-    proc = run_ok(*args)
-    assert proc.stdout.count("finished earlier, skipped") == 5  # SB, 2 piggybacks, 2 measurements
-    assert "[LB_from_SB1 B=40] epoch   1" in proc.stdout and "[SB B=256]" not in proc.stdout
+    log = run_ok(*args)
+    assert log.count("finished earlier, skipped") == 5  # SB, 2 piggybacks, 2 measurements
+    assert "[LB_from_SB1 B=40] epoch   1" in log and "[SB B=256]" not in log
     again = results_of(run)
     # The rerun is deterministic, so the results are those of an uninterrupted run.
     assert again["piggyback"] == first["piggyback"]
     assert [m["value"] for m in again["measurements"]] == pytest.approx(
         [m["value"] for m in first["measurements"]], rel=1e-5)
     # Other flags for the same run folder are refused, before anything is written.
-    proc = run_cli(*args, "--warm_start_stride=2")
-    assert proc.returncode != 0 and "--warm_start_stride" in proc.stderr
+    with pytest.raises(UsageError, match="--warm_start_stride"):
+        run_experiment(*args, "--warm_start_stride=2")
 
 
 def test_trajectory(data_dir, tmp_path):
@@ -84,7 +84,7 @@ def test_trajectory(data_dir, tmp_path):
 def test_named_table2_run_resumes(data_dir, tmp_path):
     args = [f"--data_dir={data_dir}", f"--output_dir={tmp_path}", "--run_name=t2", *BASE,
             "--nosharpness", "--parametric=curvilinear", "--parametric_points=3",
-            "--bn_stats=interpolate"]
+            "--bn_path=interpolate"]
     run_ok(*args)
     run = tmp_path / "t2"
     first = results_of(run)
@@ -95,17 +95,17 @@ def test_named_table2_run_resumes(data_dir, tmp_path):
     assert ends.train_loss[0.0] == pytest.approx(runs.train_loss["SB"], rel=1e-5)
     assert ends.train_loss[1.0] == pytest.approx(runs.train_loss["LB"], rel=1e-5)
     assert (run / "figure7_parametric_curvilinear_movingbn.pdf").is_file()
-    proc = run_ok(*args)
-    assert proc.stdout.count("finished earlier, skipped") == 2 and "epoch   1" not in proc.stdout
+    log = run_ok(*args)
+    assert log.count("finished earlier, skipped") == 2 and "epoch   1" not in log
     assert results_of(run)["runs"] == first["runs"]
 
 
 def test_remedies_and_performance_model(data_dir, tmp_path):
     # SAM's ascent of 1e30 overflows the weights: LB+sam diverges, and the experiment goes on.
-    proc = run_ok("--experiment=remedies", "--remedies=ghost,augment,adversarial,sam",
+    log = run_ok("--experiment=remedies", "--remedies=ghost,augment,adversarial,sam",
                   "--ghost_batch_size=16", "--sam_rho=1e30",
                   f"--data_dir={data_dir}", f"--output_dir={tmp_path}", *BASE)
-    assert "skipping LB+augment" in proc.stdout  # MNIST-1D is not images
+    assert "skipping LB+augment" in log  # MNIST-1D is not images
     (run,) = tmp_path.iterdir()
     results = results_of(run)
     summary = pd.DataFrame(results["summary"]).set_index("regime")
@@ -125,9 +125,9 @@ def test_remedies_and_performance_model(data_dir, tmp_path):
     assert len(runs.diffusion["LB"]) > 0
     assert (run / "remedies.png").is_file() and (run / "diffusion.pdf").is_file()
     out = tmp_path / "perf"
-    proc = run_ok("--experiment=performance_model", "--sb_batch_size=256", "--lb_batch_size=2560",
+    log = run_ok("--experiment=performance_model", "--sb_batch_size=256", "--lb_batch_size=2560",
                   "--perf_processors=64",
                   "--perf_sb_iterations=1000", "--perf_lb_iterations=250",
                   f"--output_dir={out}", f"--data_dir={data_dir}", "--mnist1d_samples=500",
                   "--perf_num_train=50000")
-    assert "I_l < 500 iterations" in proc.stdout and "speed-up of LB over SB 2x" in proc.stdout
+    assert "I_l < 500 iterations" in log and "speed-up of LB over SB 2x" in log

@@ -1,7 +1,6 @@
 """Remedies: ghost BN against NumPy, scaling rules, regime adaptation, the proximal term, FGSM,
 a SAM step computed by hand, the diffusion fit and Appendix C's model."""
 
-import types
 
 import keras
 import numpy as np
@@ -10,8 +9,11 @@ import tensorflow as tf
 
 from lbtf import remedies
 from lbtf.data import Dataset
-from lbtf.experiments.common import training_config
+from lbtf.experiments.config import override
+from lbtf.experiments.flags import parse
+from lbtf.experiments.training import training_config
 from lbtf.layers import GhostBatchNormalization, norm_layer
+from lbtf.remedies import Remedies
 from lbtf.train import TrainConfig, Trainer
 
 RNG = np.random.default_rng(0)
@@ -87,17 +89,12 @@ def test_learning_rate_scaling_and_regime_adaptation():
     assert remedies.adapted_epochs(10, 384, 256) == 15
     assert remedies.adapted_milestones([30, 60], 1024, 256) == [120, 240]
     # The flags reach the training configuration.
-    flags = types.SimpleNamespace(
-        learning_rate=1e-3, lr_reference_batch=256, lr_scaling="sqrt", regime_adaptation=True,
-        max_epochs=10, patience=3, lr_milestones=["4"], lr_decay=0.1, min_delta=0,
-        steps_per_loop=0, eval_batch_size=64, jit_compile=True, checkpoint_every=1, seed=0,
-        resume_interval=0,
-        clip_norm=5.0, sam_rho=0, fgsm_epsilon=0, conservative_lambda=0, conservative_steps=3,
-        augment=False, diffusion_every=0, bn_eval="recompute", bn_eval_examples=0)
-    config = training_config(flags, 1024)
+    cfg = parse(["--lr_scaling=sqrt", "--regime_adaptation", "--max_epochs=10", "--patience=3",
+                 "--lr_milestones=4", "--clip_norm=5"])
+    config = training_config(cfg, 1024)
     assert (config.max_epochs, config.patience, config.lr_milestones) == (40, 12, (16,))
-    assert config.learning_rate == pytest.approx(2e-3) and config.clip_norm == 5.0
-    sb = training_config(flags, 256, {"lr_scaling": "none", "regime_adaptation": False})
+    assert config.learning_rate == pytest.approx(2e-3) and config.remedies.clip_norm == 5.0
+    sb = training_config(override(cfg, lr_scaling="none", regime_adaptation=False), 256)
     assert (sb.max_epochs, sb.learning_rate) == (10, 1e-3)
 
 
@@ -159,7 +156,8 @@ def test_one_sam_training_step_matches_a_hand_computed_step():
         inputs = keras.Input((4,))
         return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
 
-    trainer = Trainer(build, data, TrainConfig(batch_size=32, learning_rate=0.01, sam_rho=0.3))
+    trainer = Trainer(build, data, TrainConfig(batch_size=32, learning_rate=0.01,
+                                               remedies=Remedies(sam_rho=0.3)))
     w0, b0 = (v.numpy().astype(np.float64) for v in trainer.model.trainable_variables)
     trainer.train_epoch(np.random.default_rng(0))
     gw, gb = _softmax_grad(x.astype(np.float64), y, w0, b0)
@@ -184,7 +182,8 @@ def test_diffusion_fit_and_recording():
         return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
 
     trainer = Trainer(build, Dataset("toy", x, y, x, y, 3),
-                      TrainConfig(batch_size=8, diffusion_every=2, clip_norm=5.0))
+                      TrainConfig(batch_size=8,
+                                  remedies=Remedies(diffusion_every=2, clip_norm=5.0)))
     assert trainer.optimizer.global_clipnorm == 5.0
     w0 = [v.numpy() for v in trainer.model.trainable_variables]
     trainer.train_epoch(np.random.default_rng(0))
@@ -269,7 +268,7 @@ def test_sam_updates_bn_statistics_once_per_step():
         def build():
             keras.utils.set_random_seed(2)
             return build_model("F1", input_shape=(6,), num_classes=3)
-        trainer = Trainer(build, data, TrainConfig(batch_size=32, sam_rho=rho))
+        trainer = Trainer(build, data, TrainConfig(batch_size=32, remedies=Remedies(sam_rho=rho)))
         trainer.train_epoch(np.random.default_rng(0))
         stats.append([v.numpy() for v in trainer.model.non_trainable_variables
                       if "moving_" in v.path])

@@ -9,7 +9,7 @@ import pytest
 
 from lbtf import runs
 from lbtf.errors import UsageError
-from lbtf.experiments.common import write_results
+from lbtf.experiments.rundir import write_results
 
 
 def test_a_full_disk_leaves_the_earlier_results_whole(tmp_path, monkeypatch):

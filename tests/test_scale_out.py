@@ -20,7 +20,7 @@ from conftest import REPO, run_cli
 # F1 without dropout; sync BN, so that 2 x 20 examples see the statistics of the batch of 40.
 # No XLA in the one-process reference either (it is off on several replicas): XLA's own rounding
 # alone, amplified by Adam over 20 steps, moves the weights 100 times more than two workers do.
-BASE = ["--mnist1d_samples=500", "--network=F1", "--bn=sync", "--trials=1", "--nosharpness",
+BASE = ["--mnist1d_samples=500", "--network=F1", "--bn_layer=sync", "--trials=1", "--nosharpness",
         "--experiment=train", "--batch_size=40", "--nojit_compile"]
 
 

@@ -10,6 +10,7 @@ from lbtf.data import load_synthetic
 from lbtf.distribute import describe, is_chief, per_replica_batch, worker
 from lbtf.errors import UsageError
 from lbtf.models import build_model
+from lbtf.remedies import Remedies
 from lbtf.train import (
     EvalSet,
     TrainConfig,
@@ -117,7 +118,7 @@ def test_fit_keeps_only_the_start_the_best_and_the_last_epoch(tmp_path):
     measured point) and the last epoch; a superseded lowest-loss epoch is deleted, and the resume
     checkpoint goes once the run is recorded."""
     from lbtf.checkpoints import remove_resume
-    from lbtf.experiments.common import at_point
+    from lbtf.experiments.training import at_point
 
     trainer = Trainer(mlp, DATA, TrainConfig(batch_size=32, max_epochs=6, patience=10,
                                              learning_rate=0.3))
@@ -203,7 +204,7 @@ def test_batch_must_split_over_replicas_and_the_split_is_logged():
     head, sb, lb = describe(mirrored, {"SB": 256, "LB": 6000}, bn="standard", ghost_batch_size=128)
     assert "2 replica(s) on 1 worker(s)" in head
     assert sb.startswith("  SB: global batch 256 = 2 x 128 per replica") and "ghost batches of 128" in sb
-    assert "ghost batches of 3000 (--bn=sync for statistics over all 6000)" in lb
+    assert "ghost batches of 3000 (--bn_layer=sync for statistics over all 6000)" in lb
     _, lb = describe(mirrored, {"LB": 6000}, bn="sync", ghost_batch_size=128)
     assert "over the whole global batch of 6000" in lb
     _, one = describe(tf.distribute.get_strategy(), {"SB": 256}, bn="ghost", ghost_batch_size=128)
@@ -244,7 +245,7 @@ class Interrupt(Exception):
 
 def test_an_interrupted_fit_resumes_to_the_same_result(tmp_path):
     cfg = TrainConfig(batch_size=32, max_epochs=5, patience=10, lr_milestones=(3,),
-                      diffusion_every=4, resume_interval=0)
+                      remedies=Remedies(diffusion_every=4), resume_interval=0)
     full = fit(Trainer(dropout_bn_net, DATA, cfg), seed=3, checkpoint_dir=tmp_path / "a",
                log=lambda s: None)
 

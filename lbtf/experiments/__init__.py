@@ -1,1 +1,1 @@
-"""One module per paper experiment; each exposes run(flags) -> run folder (or None)."""
+"""One module per paper experiment; each exposes run(config) -> run folder (or None)."""

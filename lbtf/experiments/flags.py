@@ -21,6 +21,7 @@ from lbtf.choices import (
     parse_batch_size,
 )
 from lbtf.data import LOADERS
+from lbtf.remedies import REGIMES, Remedies
 
 EXPERIMENTS = ("table2", "train", "sharpness", "batch_sweep", "warm_start", "trajectory",
                "remedies", "performance_model", "info")
@@ -97,36 +98,38 @@ flags.DEFINE_float("resume_interval", 30.0, "Seconds between resume checkpoints 
                    "written.", lower_bound=0)
 # Remedies (Hoffer et al. 2017; Keskar et al. Appendix E; SAM). Off by default; they apply to every
 # run of every training experiment (--experiment=remedies sets them per regime itself).
-flags.DEFINE_enum("bn", "standard", NORMALIZATIONS, "Normalisation in every network: standard "
+flags.DEFINE_enum("bn_layer", "standard", NORMALIZATIONS, "BN layer of every network: standard "
                   "Keras BN (per replica under MirroredStrategy), ghost (GhostBatchNormalization, "
                   "--ghost_batch_size) or sync (statistics over all replicas: true LB statistics).")
-flags.DEFINE_integer("ghost_batch_size", 128, "Ghost batch size of --bn=ghost (Hoffer: 128).",
+flags.DEFINE_integer("ghost_batch_size", 128, "Ghost batch size of --bn_layer=ghost (Hoffer: 128).",
                      lower_bound=1)
-flags.DEFINE_enum("lr_scaling", "none", LR_SCALINGS, "Scale --learning_rate with the batch B: "
-                  "none, sqrt (x sqrt(B / B_ref), Hoffer) or linear (x B / B_ref).")
-flags.DEFINE_integer("lr_reference_batch", 256, "B_ref of --lr_scaling and --regime_adaptation.",
-                     lower_bound=1)
-flags.DEFINE_boolean("regime_adaptation", False, "Train longer: multiply --max_epochs, --patience "
-                     "and --lr_milestones by B / B_ref, so LB makes as many updates as B_ref.")
+_OFF = Remedies()  # every remedy's default is off
+flags.DEFINE_enum("lr_scaling", _OFF.lr_scaling, LR_SCALINGS, "Scale --learning_rate with the "
+                  "batch B: none, sqrt (x sqrt(B / B_ref), Hoffer) or linear (x B / B_ref).")
+flags.DEFINE_integer("lr_reference_batch", _OFF.lr_reference_batch, "B_ref of --lr_scaling and "
+                     "--regime_adaptation.", lower_bound=1)
+flags.DEFINE_boolean("regime_adaptation", _OFF.regime_adaptation, "Train longer: multiply "
+                     "--max_epochs, --patience and --lr_milestones by B / B_ref, so LB makes as "
+                     "many updates as B_ref.")
 flags.DEFINE_list("lr_milestones", [], "Epochs at which the learning rate is multiplied by "
                   "--lr_decay (empty: constant).")
 flags.DEFINE_float("lr_decay", 0.1, "Learning-rate factor at each milestone.", lower_bound=0)
-flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm (0: off; Hoffer: 5).",
-                   lower_bound=0)
-flags.DEFINE_float("sam_rho", 0.0, "Sharpness-Aware Minimization radius rho (0: off; Foret et "
-                   "al.: 0.05).", lower_bound=0)
-flags.DEFINE_float("fgsm_epsilon", 0.0, "Adversarial training on FGSM examples of this max-norm "
-                   "size, in input units (0: off).", lower_bound=0)
-flags.DEFINE_float("conservative_lambda", 0.0, "Conservative training: proximal weight lambda "
-                   "(0: off; Keskar et al.: 1e-3).", lower_bound=0)
-flags.DEFINE_integer("conservative_steps", 3, "Adam steps per proximal subproblem (paper: 3-5).",
-                     lower_bound=1)
-flags.DEFINE_boolean("augment", False, "On-the-fly augmentation of image data: random rotations "
-                     "(10 degrees), translations (10%) and horizontal reflections.")
-flags.DEFINE_integer("diffusion_every", 0, "Record ||w_t - w_0|| every N steps (0: off).",
-                     lower_bound=0)
-flags.DEFINE_list("remedies", ["ghost", "augment", "conservative", "adversarial", "sam"],
-                  "Remedy regimes of --experiment=remedies, beside SB and LB.")
+flags.DEFINE_float("clip_norm", _OFF.clip_norm, "Clip gradients to this global norm (0: off; "
+                   "Hoffer: 5).", lower_bound=0)
+flags.DEFINE_float("sam_rho", _OFF.sam_rho, "Sharpness-Aware Minimization radius rho (0: off; "
+                   "Foret et al.: 0.05).", lower_bound=0)
+flags.DEFINE_float("fgsm_epsilon", _OFF.fgsm_epsilon, "Adversarial training on FGSM examples of "
+                   "this max-norm size, in input units (0: off).", lower_bound=0)
+flags.DEFINE_float("conservative_lambda", _OFF.conservative_lambda, "Conservative training: "
+                   "proximal weight lambda (0: off; Keskar et al.: 1e-3).", lower_bound=0)
+flags.DEFINE_integer("conservative_steps", _OFF.conservative_steps, "Adam steps per proximal "
+                     "subproblem (paper: 3-5).", lower_bound=1)
+flags.DEFINE_boolean("augment", _OFF.augment, "On-the-fly augmentation of image data: random "
+                     "rotations (10 degrees), translations (10%) and horizontal reflections.")
+flags.DEFINE_integer("diffusion_every", _OFF.diffusion_every, "Record ||w_t - w_0|| every N steps "
+                     "(0: off).", lower_bound=0)
+flags.DEFINE_list("remedies", list(REGIMES), "Remedy regimes of --experiment=remedies, beside SB "
+                  "and LB (lbtf.remedies.REGIMES).")
 # Appendix C: the idealised performance model (--experiment=performance_model).
 flags.DEFINE_integer("perf_processors", 8, "P: processors (the model needs P < B_l).",
                      lower_bound=1)
@@ -152,11 +155,12 @@ flags.DEFINE_float("subspace_memory_mb", 1024, "Above this size the random subsp
 flags.DEFINE_integer("sharpness_starts", 1, "L-BFGS-B runs per measurement: from y = 0 and from "
                      "K - 1 seeded random points of the box; the largest f found counts (paper: "
                      "1, from a start it does not state).", lower_bound=1)
-flags.DEFINE_list("measure_bn", ["moving", "batch"], "BN during measurements (sharpness, Hessian, "
-                  "parametric plots), one table per mode: moving (inference mode, the moving "
-                  "statistics as training left them) or batch (every evaluation chunk normalised "
-                  "with its own statistics, dropout off: the authors' Keras-1 BN mode 2).")
-flags.DEFINE_integer("measure_bn_chunk", 5000, "Examples per evaluation chunk of --measure_bn="
+flags.DEFINE_list("bn_measure", ["moving", "batch"], "BN during measurements (sharpness, Hessian, "
+                  "parametric plots), one table per mode: moving (inference mode, with the "
+                  "statistics stored with the weights: those --bn_eval left) or batch (every "
+                  "evaluation chunk normalised with its own statistics, dropout off: the "
+                  "authors' Keras-1 BN mode 2).")
+flags.DEFINE_integer("bn_measure_chunk", 5000, "Examples per evaluation chunk of --bn_measure="
                      "batch (the authors' parametric-plot script evaluated in batches of 5000).",
                      lower_bound=2)
 flags.DEFINE_float("loss_clip", 1e-7, "Measure the cross-entropy of probabilities clipped to "
@@ -179,8 +183,9 @@ flags.DEFINE_float("alpha_min", -1.0, "Start of the alpha range (paper: -1).")
 flags.DEFINE_float("alpha_max", 2.0, "End of the alpha range (paper: 2).")
 flags.DEFINE_integer("parametric_trial", 0, "Trial whose SB and LB minimisers are plotted.",
                      lower_bound=0)
-flags.DEFINE_enum("bn_stats", "recompute", BN_MODES, "BN moving statistics along a path: "
-                  "recompute them from training data at every point, or interpolate them (means "
+flags.DEFINE_enum("bn_path", "recompute", BN_MODES, "BN statistics along a path: recompute "
+                  "them from training data at every point (as --bn_eval=recompute does after "
+                  "every epoch), or interpolate them (means "
                   "linearly, variances log-linearly, never negative).")
 # Batch-size sweep (Figure 4), warm starts (Figure 5), trajectories (Figure 6).
 flags.DEFINE_list("batch_sizes", ["256", "512", "1024", "0.05", "0.1", "0.2"],
@@ -196,6 +201,14 @@ flags.DEFINE_string("output_dir", "outputs", "Root of the run folders.")
 flags.DEFINE_string("run_name", None, "Run folder name under --output_dir (default: "
                     "<experiment>_<timestamp>). Starting again with the same name and flags "
                     "resumes: finished runs and measurements are skipped.")
+
+
+# Renamed after 0.1.0 so that every BN flag starts with bn_; the old names stay for one release, so
+# older flagfiles and run folders' flags.txt still work.
+RENAMED = {"bn": "bn_layer", "bn_stats": "bn_path", "measure_bn": "bn_measure",
+           "measure_bn_chunk": "bn_measure_chunk"}
+for _old, _new in RENAMED.items():
+    flags.DEFINE_alias(_old, _new)
 
 
 def _valid_batch(text: str) -> bool:
@@ -216,7 +229,7 @@ def _valid_batches(values: list[str]) -> bool:
     return bool(values) and all(_valid_batch(v) for v in values)
 
 
-@flags.validator("measure_bn", message=f"--measure_bn takes one or both of {', '.join(MEASURE_BN)}")
+@flags.validator("bn_measure", message=f"--bn_measure takes one or both of {', '.join(MEASURE_BN)}")
 def _valid_measure_bn(values: list[str]) -> bool:
     return bool(values) and len(set(values)) == len(values) and all(v in MEASURE_BN for v in values)
 
@@ -227,12 +240,9 @@ def _valid_paths(values: list[str]) -> bool:
     return all(v in PATHS for v in values)
 
 
-REMEDIES = ("ghost", "augment", "conservative", "adversarial", "sam")
-
-
-@flags.validator("remedies", message=f"--remedies takes names from {', '.join(REMEDIES)}")
+@flags.validator("remedies", message=f"--remedies takes names from {', '.join(REGIMES)}")
 def _valid_remedies(values: list[str]) -> bool:
-    return all(v in REMEDIES for v in values)
+    return all(v in REGIMES for v in values)
 
 
 @flags.validator("lr_milestones", message="--lr_milestones takes positive epochs, e.g. 30,60")
@@ -271,5 +281,20 @@ def _valid_shape(dims: list[str]) -> bool:
 
 
 def module_flags() -> list:
-    """This module's flags (not absl's own), for saving next to a run."""
-    return flags.FLAGS.get_flags_for_module(__name__)
+    """This module's flags (not absl's own, nor the old names), for saving next to a run."""
+    return [f for f in flags.FLAGS.get_flags_for_module(__name__) if f.name not in RENAMED]
+
+
+def flags_text() -> str:
+    """The resolved flags as a flagfile (the run folder's flags.txt)."""
+    return "".join(f.serialize() + "\n" for f in module_flags() if f.value is not None)
+
+
+def parse(argv: list[str]):
+    """The Config of command-line arguments `argv` (without the program name), parsed and
+    validated by absl as run_experiments.py does: how tests run an experiment in-process."""
+    from lbtf.experiments.config import from_flags
+
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["lbtf", *argv])
+    return from_flags(flags.FLAGS, flags_text())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from lbtf.errors import UsageError
-from lbtf.experiments import common
+from lbtf.experiments import prepare
+from lbtf.experiments.config import Config
 from lbtf.models import NETWORKS, PAPER_DATASET, build_model, parameter_counts
 
 PAPER_SHAPES = {"mnist": ((28, 28, 1), 10), "timit": ((360,), 1973),
@@ -26,12 +27,12 @@ def network_sizes(variant: str, shapes: dict[str, tuple[tuple[int, ...], int]]) 
     return pd.DataFrame(rows)
 
 
-def run(flags, log=print):
-    data = common.load_data(flags)
+def run(cfg: Config, log=print):
+    data = prepare.load_data(cfg)
     paper = {net: PAPER_SHAPES[PAPER_DATASET[net]] for net in NETWORKS}
-    rows = [network_sizes(flags.arch_variant, {PAPER_DATASET[n]: paper[n]}).query(
+    rows = [network_sizes(cfg.model.arch_variant, {PAPER_DATASET[n]: paper[n]}).query(
         "network == @n") for n in NETWORKS]
-    rows.append(network_sizes(flags.arch_variant,
+    rows.append(network_sizes(cfg.model.arch_variant,
                               {data.name: (data.input_shape, data.num_classes)}))
     table = pd.concat(rows, ignore_index=True)
     log(f"{data.name}: {data.num_train} train / {len(data.y_test)} test examples, inputs "

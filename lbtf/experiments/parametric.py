@@ -14,7 +14,8 @@ import pandas as pd
 from lbtf import figures, landscape
 from lbtf.bn import BatchNormEstimator, measurement_model
 from lbtf.checkpoints import checkpoint_at, load_weights
-from lbtf.experiments import common
+from lbtf.experiments import sharpness, training
+from lbtf.experiments.config import Config
 from lbtf.objective import EvalSet, make_evaluator, measurement_loss
 
 PATH_FIGURES = {"linear": ("figure3_parametric_linear", "Figure 3",
@@ -23,17 +24,17 @@ PATH_FIGURES = {"linear": ("figure3_parametric_linear", "Figure 3",
                                 "α  (point sin(απ/2)x_l + cos(απ/2)x_s)")}
 
 
-def snapshots(flags, data, checkpoints: dict[str, str]):
+def snapshots(cfg: Config, data, checkpoints: dict[str, str]):
     """One model and a landscape.Snapshot per named checkpoint."""
-    model = common.model_builder(flags, data)()
+    model = training.model_builder(cfg, data)()
     out = {}
     for name, ckpt in checkpoints.items():
-        load_weights(model, ckpt, flags.network)
+        load_weights(model, ckpt, cfg.model.network)
         out[name] = landscape.snapshot(model)
     return model, out
 
 
-def distances(flags, data, trained: pd.DataFrame) -> pd.DataFrame:
+def distances(cfg: Config, data, trained: pd.DataFrame) -> pd.DataFrame:
     """Per trial: ||x_s - x_0||, ||x_l - x_0|| over the trainable weights at the measured points,
     and their ratio (the paper reports 3 to 10). Both regimes of a trial start from the same x_0
     (weights-0)."""
@@ -42,7 +43,7 @@ def distances(flags, data, trained: pd.DataFrame) -> pd.DataFrame:
         at = g.set_index("regime")
         if not {"SB", "LB"} <= set(at.index):
             continue
-        _, snaps = snapshots(flags, data, {"x0": checkpoint_at(at.checkpoint_dir["SB"], 0),
+        _, snaps = snapshots(cfg, data, {"x0": checkpoint_at(at.checkpoint_dir["SB"], 0),
                                            "SB": at.checkpoint["SB"], "LB": at.checkpoint["LB"]})
         d_s = landscape.distance(snaps["SB"].weights, snaps["x0"].weights)
         d_l = landscape.distance(snaps["LB"].weights, snaps["x0"].weights)
@@ -51,52 +52,52 @@ def distances(flags, data, trained: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _path_setup(flags, data, model, snaps: dict, mode: str):
-    """(model, snapshots, splits, evaluate, BN treatment, estimator) of one --measure_bn mode.
-    "moving": the network in inference mode, BN statistics as --bn_stats says at each point.
-    "batch": the batch-statistics twin (lbtf.bn), every evaluation chunk of --measure_bn_chunk
+def _path_setup(cfg: Config, data, model, snaps: dict, mode: str):
+    """(model, snapshots, splits, evaluate, BN treatment, estimator) of one --bn_measure mode.
+    "moving": the network in inference mode, BN statistics as --bn_path says at each point.
+    "batch": the batch-statistics twin (lbtf.bn), every evaluation chunk of --bn_measure_chunk
     examples normalised by itself, nothing to recompute or interpolate."""
-    loss = measurement_loss(flags.loss_clip)
-    chunk, batch = common.measurement_chunk(flags, mode), mode == "batch"
+    loss, jit = measurement_loss(cfg.measure.loss_clip), cfg.training.jit_compile
+    chunk, batch = sharpness.measurement_chunk(cfg, mode), mode == "batch"
     # Batch statistics: an unpadded last chunk, normalised by itself like the others.
     splits = {"train": EvalSet(data.x_train, data.y_train, chunk, pad=not batch),
               "test": EvalSet(data.x_test, data.y_test, chunk, pad=not batch)}
     if batch:
         twin = measurement_model(model, "batch")
         bare = {k: dataclasses.replace(v, means=[], variances=[]) for k, v in snaps.items()}
-        return (twin, bare, splits, make_evaluator(twin, flags.jit_compile, loss), "recompute",
-                None)
-    estimator = (BatchNormEstimator(model, data.x_train, batch_size=flags.eval_batch_size,
-                                    jit_compile=flags.jit_compile)
-                 if flags.bn_stats == "recompute" else None)
-    return (model, snaps, splits, make_evaluator(model, flags.jit_compile, loss), flags.bn_stats,
-            estimator)
+        return (twin, bare, splits, make_evaluator(twin, jit, loss), "recompute", None)
+    estimator = (BatchNormEstimator(model, data.x_train, batch_size=cfg.training.eval_batch_size,
+                                    jit_compile=jit)
+                 if cfg.landscape.bn_path == "recompute" else None)
+    return model, snaps, splits, make_evaluator(model, jit, loss), cfg.landscape.bn_path, estimator
 
 
-def parametric_tables(flags, data, trained: pd.DataFrame, log=print) -> dict[str, pd.DataFrame]:
-    """For each path in --parametric and each --measure_bn mode ("<path>/<mode>"): loss and
+def parametric_tables(cfg: Config, data, trained: pd.DataFrame, log=print) -> dict[str, pd.DataFrame]:
+    """For each path in --parametric and each --bn_measure mode ("<path>/<mode>"): loss and
     accuracy along the path between the SB and LB measured points of trial --parametric_trial."""
-    if not flags.parametric:
+    if not cfg.landscape.parametric:
         return {}
-    g = trained[trained.trial == flags.parametric_trial].set_index("regime")
+    g = trained[trained.trial == cfg.landscape.parametric_trial].set_index("regime")
     if not {"SB", "LB"} <= set(g.index):
-        log(f"no parametric plot: a run of trial {flags.parametric_trial} diverged")
+        log(f"no parametric plot: a run of trial {cfg.landscape.parametric_trial} diverged")
         return {}
-    model, snaps = snapshots(flags, data, {r: g.checkpoint[r] for r in ("SB", "LB")})
-    alphas = landscape.default_alphas(flags.parametric_points, flags.alpha_min, flags.alpha_max)
+    model, snaps = snapshots(cfg, data, {r: g.checkpoint[r] for r in ("SB", "LB")})
+    path_cfg = cfg.landscape
+    alphas = landscape.default_alphas(path_cfg.parametric_points, path_cfg.alpha_min,
+                                      path_cfg.alpha_max)
     tables = {}
-    for mode in flags.measure_bn:
-        net, points, splits, evaluate, bn, estimator = _path_setup(flags, data, model, snaps, mode)
-        for path in flags.parametric:
+    for mode in cfg.measure.bn_measure:
+        net, points, splits, evaluate, bn, estimator = _path_setup(cfg, data, model, snaps, mode)
+        for path in cfg.landscape.parametric:
             log(f"parametric plot, {path} path, {len(alphas)} points (BN: "
-                f"{'batch statistics' if mode == 'batch' else 'moving, ' + flags.bn_stats})")
+                f"{'batch statistics' if mode == 'batch' else 'moving, ' + cfg.landscape.bn_path})")
             tables[f"{path}/{mode}"] = landscape.evaluate_path(
                 net, points["SB"], points["LB"], alphas, path=path, splits=splits, bn=bn,
                 estimator=estimator, evaluate=evaluate, log=log)
     return tables
 
 
-def parametric_figures(tables: dict[str, pd.DataFrame], *, flags, dataset: str, run_dir: Path,
+def parametric_figures(tables: dict[str, pd.DataFrame], *, cfg: Config, dataset: str, run_dir: Path,
                        writer) -> list[str]:
     """Figures 3 and 7 saved and embedded, with their tables."""
     out = []
@@ -104,11 +105,11 @@ def parametric_figures(tables: dict[str, pd.DataFrame], *, flags, dataset: str, 
         path, mode = key.split("/")
         name, artifact, xlabel = PATH_FIGURES[path]
         bn = ("BN with each evaluation chunk's own statistics (Keras 1 mode 2)" if mode == "batch"
-              else f"BN moving statistics {flags.bn_stats}d at each point")
-        title = f"{artifact}: {flags.network} on {dataset}, {path} path, {mode} BN"
-        caption = (f"{artifact} ({path} path), trial {flags.parametric_trial}: cross-entropy "
+              else f"BN moving statistics {cfg.landscape.bn_path}d at each point")
+        title = f"{artifact}: {cfg.model.network} on {dataset}, {path} path, {mode} BN"
+        caption = (f"{artifact} ({path} path), trial {cfg.landscape.parametric_trial}: cross-entropy "
                    "(left) and accuracy (right), training solid and test dashed; α = 0 is the SB "
-                   f"minimiser, α = 1 the LB one; {bn}; {loss_note(flags.loss_clip)}.")
+                   f"minimiser, α = 1 the LB one; {bn}; {loss_note(cfg.measure.loss_clip)}.")
         fig = figures.parametric(table, title=title, xlabel=xlabel)
         out += [f"## {artifact}: parametric plot, {path} path, {mode} BN",
                 figures.save(fig, run_dir, f"{name}_{mode}bn", caption=caption, writer=writer),
@@ -122,11 +123,11 @@ def loss_note(clip: float) -> str:
             if clip else "exact cross-entropy (no clipping)")
 
 
-def training_curves_figure(history: pd.DataFrame, *, flags, dataset: str, run_dir: Path,
+def training_curves_figure(history: pd.DataFrame, *, cfg: Config, dataset: str, run_dir: Path,
                            writer, trial: int = 0) -> list[str]:
     """Figure 2 from history.csv: training and test accuracy per epoch of trial `trial`."""
     h = history[history.trial == trial]
-    fig = figures.training_curves(h, title=f"Figure 2: {flags.network} on {dataset}")
+    fig = figures.training_curves(h, title=f"Figure 2: {cfg.model.network} on {dataset}")
     caption = (f"Figure 2: training (solid) and test (dashed) accuracy per epoch, SB and LB, "
                f"trial {trial}.")
     return ["## Figure 2: training curves",

@@ -10,25 +10,28 @@ from __future__ import annotations
 
 from lbtf import runs
 from lbtf.errors import UsageError
-from lbtf.experiments import common
+from lbtf.experiments import prepare, rundir
+from lbtf.experiments.config import Config
 from lbtf.performance import performance_model
 from lbtf.train import resolve_batch_size
 
 
-def run(flags, log=print):
-    num_train = flags.perf_num_train or common.load_data(flags).num_train
-    sb, lb = (resolve_batch_size(s, num_train) for s in (flags.sb_batch_size, flags.lb_batch_size))
+def run(cfg: Config, log=print):
+    e = cfg.experiment
+    num_train = e.perf_num_train or prepare.load_data(cfg).num_train
+    sb, lb = (resolve_batch_size(s, num_train)
+              for s in (cfg.training.sb_batch_size, cfg.training.lb_batch_size))
     try:
-        out = performance_model(sb_batch=sb, lb_batch=lb, processors=flags.perf_processors,
-                                sb_efficiency=flags.perf_sb_efficiency,
-                                sb_iterations=flags.perf_sb_iterations,
-                                lb_iterations=flags.perf_lb_iterations or None)
+        out = performance_model(sb_batch=sb, lb_batch=lb, processors=e.perf_processors,
+                                sb_efficiency=e.perf_sb_efficiency,
+                                sb_iterations=e.perf_sb_iterations,
+                                lb_iterations=e.perf_lb_iterations or None)
     except ValueError as e:
         raise UsageError(f"{e}; check --perf_processors, --perf_sb_efficiency and the batch "
                          "sizes") from None
     lines = ["# Appendix C: idealised performance model",
-             f"B_s = {sb}, B_l = {lb}, P = {flags.perf_processors}, f_s(P) = "
-             f"{flags.perf_sb_efficiency:g}, I_s = {flags.perf_sb_iterations:g}; LB is assumed "
+             f"B_s = {sb}, B_l = {lb}, P = {e.perf_processors}, f_s(P) = "
+             f"{e.perf_sb_efficiency:g}, I_s = {e.perf_sb_iterations:g}; LB is assumed "
              "perfectly parallel (f_l = 1).",
              f"- SB time: I_s B_s / (P f_s) = {out['sb_time']:.4g} example-gradients per "
              "processor",
@@ -36,14 +39,14 @@ def run(flags, log=print):
              f"{out['break_even_iteration_ratio']:.4g}, i.e. I_l < "
              f"{out['break_even_lb_iterations']:.4g} iterations"]
     if "speedup" in out:
-        lines.append(f"- with I_l = {flags.perf_lb_iterations:g}: LB time {out['lb_time']:.4g}, "
+        lines.append(f"- with I_l = {e.perf_lb_iterations:g}: LB time {out['lb_time']:.4g}, "
                      f"speed-up of LB over SB {out['speedup']:.3g}x")
     text = "\n".join(lines)
-    run_dir = common.start_run(flags, "performance_model")
+    run_dir = rundir.start_run(cfg, "performance_model")
     runs.atomic_write_json(run_dir / "results.json", {
         "experiment": "performance_model", "sb_batch": sb, "lb_batch": lb,
-        "processors": flags.perf_processors, "sb_efficiency": flags.perf_sb_efficiency,
-        "sb_iterations": flags.perf_sb_iterations, **out})
+        "processors": e.perf_processors, "sb_efficiency": e.perf_sb_efficiency,
+        "sb_iterations": e.perf_sb_iterations, **out})
     runs.atomic_write_text(run_dir / "report.md", text + "\n")
     log(f"{text}\n\nreport: {run_dir / 'report.md'}")
     return run_dir

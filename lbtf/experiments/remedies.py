@@ -1,7 +1,7 @@
 """Remedies for the generalisation gap on one network: SB, LB, and LB with each remedy, over
 trials, with test accuracy, generalisation gap, sharpness and the weights' diffusion.
 
-Regimes (--remedies picks among the last five):
+Regimes (--remedies picks among the LB+ ones; their settings are lbtf.remedies.REGIMES):
 - SB, LB: plain Adam at --sb_batch_size / --lb_batch_size, every remedy off;
 - LB+ghost: Hoffer et al.: ghost BN (--ghost_batch_size), sqrt learning-rate scaling and regime
   adaptation relative to --lr_reference_batch, gradients clipped to --clip_norm if set;
@@ -19,53 +19,45 @@ from __future__ import annotations
 import pandas as pd
 
 from lbtf import figures, report
-from lbtf.experiments import common, sharpness
-from lbtf.remedies import diffusion_fit
-
-OFF = {"bn": "standard", "lr_scaling": "none", "regime_adaptation": False, "clip_norm": 0.0,
-       "sam_rho": 0.0, "fgsm_epsilon": 0.0, "conservative_lambda": 0.0, "augment": False}
+from lbtf.experiments import prepare, rundir, sharpness, training
+from lbtf.experiments.config import Config, override
+from lbtf.remedies import OFF, REGIMES, diffusion_fit
 
 
-def regimes(flags, image_data: bool, log=print) -> dict[str, dict]:
-    """Regime name -> flag overrides."""
-    diffusion = {"diffusion_every": flags.diffusion_every or 10}
+def regimes(cfg: Config, image_data: bool, log=print) -> dict[str, dict]:
+    """Regime name -> the configuration fields it sets (lbtf.remedies.OFF and REGIMES)."""
+    diffusion = {"diffusion_every": cfg.remedies.diffusion_every or 10}
     chosen = {"SB": {**OFF, **diffusion}, "LB": {**OFF, **diffusion}}
-    remedy = {
-        "ghost": {"bn": "ghost", "lr_scaling": "sqrt", "regime_adaptation": True,
-                  "clip_norm": flags.clip_norm},
-        "augment": {"augment": True},
-        "conservative": {"conservative_lambda": flags.conservative_lambda or 1e-3},
-        "adversarial": {"fgsm_epsilon": flags.fgsm_epsilon or 0.01},
-        "sam": {"sam_rho": flags.sam_rho or 0.05}}
-    for name in flags.remedies:
+    for name in cfg.experiment.remedies:
         if name == "augment" and not image_data:
             log("remedies: skipping LB+augment, the data are not images")
             continue
-        chosen[f"LB+{name}"] = {**OFF, **diffusion, **remedy[name]}
+        chosen[f"LB+{name}"] = {**OFF, **diffusion, **REGIMES[name](cfg.remedies)}
     return chosen
 
 
-def run(flags, log=print):
-    data, strategy, batches = common.prepare(
-        flags, {"SB": flags.sb_batch_size, "LB": flags.lb_batch_size})
-    options = regimes(flags, len(data.input_shape) == 3, log)
+def run(cfg: Config, log=print):
+    data, strategy, batches = prepare.prepare(
+        cfg, {"SB": cfg.training.sb_batch_size, "LB": cfg.training.lb_batch_size})
+    options = regimes(cfg, len(data.input_shape) == 3, log)
     sizes = {name: batches["SB" if name == "SB" else "LB"] for name in options}
-    run_dir = common.start_run(flags, "remedies", strategy)
-    log(f"remedies: {flags.network} on {data.name}, regimes {', '.join(options)}, "
-        f"{flags.trials} trial(s); writing {run_dir}")
-    trained = common.train_regimes(flags, data=data, strategy=strategy, batches=sizes,
-                                run_dir=run_dir, log=log, overrides=options)
-    all_runs, trained = trained, common.without_diverged(trained, log)
+    run_dir = rundir.start_run(cfg, "remedies", strategy)
+    log(f"remedies: {cfg.model.network} on {data.name}, regimes {', '.join(options)}, "
+        f"{cfg.training.trials} trial(s); writing {run_dir}")
+    trained = training.train_regimes(
+        cfg, data=data, strategy=strategy, batches=sizes, run_dir=run_dir, log=log,
+        regimes={name: override(cfg, changes) for name, changes in options.items()})
+    all_runs, trained = trained, training.without_diverged(trained, log)
     found = pd.DataFrame(columns=["regime", "measure", "space", "epsilon", "value"])
-    if flags.sharpness:
+    if cfg.measure.sharpness:
         log("measuring the sharpness of every minimiser")
         found = sharpness.measure_minimizers(
-            flags, data, [{"trial": r.trial, "regime": r.regime,
+            cfg, data, [{"trial": r.trial, "regime": r.regime,
                            "checkpoint": r.checkpoint}
                           for r in trained.itertuples()],
             strategy=strategy, log=log, cache_dir=run_dir / "measurements")
-    summary = summarize(all_runs, common.primary_sharpness(found, flags.measure_bn))
-    _write(flags, data, strategy, run_dir, all_runs, trained, found, summary, options, log)
+    summary = summarize(all_runs, sharpness.primary_sharpness(found, cfg.measure.bn_measure))
+    _write(cfg, data, strategy, run_dir, all_runs, trained, found, summary, options, log)
     return run_dir
 
 
@@ -94,22 +86,22 @@ def summarize(trained: pd.DataFrame, sharp: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("–")
 
 
-def _write(flags, data, strategy, run_dir, all_runs, trained, found, summary, options,
+def _write(cfg: Config, data, strategy, run_dir, all_runs, trained, found, summary, options,
            log) -> None:
     """report.md, figures and results.json; `trained` are those of `all_runs` that did not diverge."""
-    writer = common.summary_writer(run_dir, "figures")
-    caption = (f"Test accuracy (above) and full-space sharpness ({flags.measure_bn[0]} BN, below) "
+    writer = rundir.summary_writer(run_dir, "figures")
+    caption = (f"Test accuracy (above) and full-space sharpness ({cfg.measure.bn_measure[0]} BN, below) "
                "per regime, mean and standard deviation over trials.")
-    sharp = common.primary_sharpness(found, flags.measure_bn)
-    fig = figures.remedies(trained, sharp, title=f"Remedies: {flags.network} on {data.name}")
+    sharp = sharpness.primary_sharpness(found, cfg.measure.bn_measure)
+    fig = figures.remedies(trained, sharp, title=f"Remedies: {cfg.model.network} on {data.name}")
     diffusion = trained[trained.trial == 0][["regime", "diffusion"]]
-    fig2 = figures.diffusion(diffusion, title=f"Ultra-slow diffusion: {flags.network}, trial 0")
+    fig2 = figures.diffusion(diffusion, title=f"Ultra-slow diffusion: {cfg.model.network}, trial 0")
     table = summary.to_markdown(index=False)
     text = "\n\n".join([
-        f"# Remedies for the generalisation gap: {flags.network} on {data.name}",
+        f"# Remedies for the generalisation gap: {cfg.model.network} on {data.name}",
         "Accuracy and gap (train − test) in percent; sharpness is Metric 2.1 of the final weights; "
         "the diffusion slope a fits ‖w_t − w_0‖ = a log t + b (Hoffer et al.). Mean ± std over "
-        f"{flags.trials} trial(s). Regime settings: "
+        f"{cfg.training.trials} trial(s). Regime settings: "
         + "; ".join(f"{k}: {', '.join(f'{n}={v}' for n, v in o.items() if OFF.get(n) != v)}"
                     for k, o in options.items()) + ".",
         table,
@@ -117,12 +109,12 @@ def _write(flags, data, strategy, run_dir, all_runs, trained, found, summary, op
         figures.save(fig2, run_dir, "diffusion", writer=writer,
                      caption="‖w_t − w_0‖ against training steps (log scale), trial 0."),
         "## Runs", report.runs_markdown(all_runs)])
-    results = {"experiment": "remedies", "network": flags.network, "dataset": data.name,
-               "environment": common.environment(strategy),
-               "measurement": common.measurement_record(flags), "regimes": options,
+    results = {"experiment": "remedies", "network": cfg.model.network, "dataset": data.name,
+               "environment": rundir.environment(strategy),
+               "measurement": sharpness.measurement_record(cfg), "regimes": options,
                "summary": summary.to_dict(orient="records"),
                "runs": all_runs.to_dict(orient="records"),
-               "diverged": common.diverged_names(all_runs),
+               "diverged": training.diverged_names(all_runs),
                "measurements": found.to_dict(orient="records")}
-    common.write_results(run_dir, results, text + "\n", log=log)
+    rundir.write_results(run_dir, results, text + "\n", log=log)
     log(f"\n{table}\n\nreport: {run_dir / 'report.md'}")

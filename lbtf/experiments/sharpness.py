@@ -18,7 +18,8 @@ from lbtf import report
 from lbtf.bn import measurement_model
 from lbtf.checkpoints import checkpoint_at, load_weights
 from lbtf.errors import UsageError
-from lbtf.experiments import common
+from lbtf.experiments import prepare, rundir
+from lbtf.experiments.config import Config
 from lbtf.hessian import top_eigenvalues_at
 from lbtf.models import build_model
 from lbtf.objective import Objective, flat_weights, measurement_loss, subsample
@@ -42,7 +43,31 @@ def resolve_checkpoint(path: str | None) -> str:
     return path
 
 
-def measure_minimizers(flags, data, minimizers: list[dict], *, strategy=None, log=print,
+def measurement_chunk(cfg: Config, mode: str) -> int:
+    """Examples per evaluation chunk of a --bn_measure mode: with batch statistics the chunk is
+    what BN normalises over (--bn_measure_chunk); with moving statistics only a memory bound."""
+    return cfg.measure.bn_measure_chunk if mode == "batch" else cfg.training.eval_batch_size
+
+
+def measurement_record(cfg: Config) -> dict:
+    """How a run's measurements were taken, for results.json."""
+    return {"point": cfg.measure.measure_point, "bn": list(cfg.measure.bn_measure),
+            "bn_chunk": cfg.measure.bn_measure_chunk, "loss_clip": cfg.measure.loss_clip,
+            "sharpness_starts": cfg.measure.sharpness_starts,
+            "sharpness_maxiter": cfg.measure.sharpness_maxiter,
+            "bn_stats": cfg.landscape.bn_path, "bn_eval": cfg.training.bn_eval}
+
+
+def primary_sharpness(found: pd.DataFrame, bn_measure: tuple[str, ...]) -> pd.DataFrame:
+    """The sharpness rows of the first --bn_measure mode: what the figures and summary tables of
+    the multi-run experiments show (results.json keeps every mode's rows)."""
+    if "measure" not in found or found.empty:
+        return found
+    sharp = found[found.measure == "sharpness"]
+    return sharp[sharp.bn == bn_measure[0]] if "bn" in sharp else sharp
+
+
+def measure_minimizers(cfg: Config, data, minimizers: list[dict], *, strategy=None, log=print,
                        cache_dir: Path | None = None) -> pd.DataFrame:
     """Full-space and subspace sharpness at every eps, and the top Hessian eigenvalues, of every
     minimiser (dicts with a 'checkpoint' and label fields), under every --measure_bn mode. One row
@@ -55,55 +80,56 @@ def measure_minimizers(flags, data, minimizers: list[dict], *, strategy=None, lo
     """
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        model = build_model(flags.network, input_shape=data.input_shape,
-                            num_classes=data.num_classes, variant=flags.arch_variant)
-        nets = {mode: measurement_model(model, mode) for mode in flags.measure_bn}
-    x, y = subsample(data.x_train, data.y_train, flags.sharpness_examples or None, flags.seed)
-    objectives = {mode: Objective(net, x, y, loss=measurement_loss(flags.loss_clip),
-                                  batch_size=common.measurement_chunk(flags, mode),
-                                  jit_compile=flags.jit_compile,
+        model = build_model(cfg.model.network, input_shape=data.input_shape,
+                            num_classes=data.num_classes, variant=cfg.model.arch_variant)
+        nets = {mode: measurement_model(model, mode) for mode in cfg.measure.bn_measure}
+    x, y = subsample(data.x_train, data.y_train, cfg.measure.sharpness_examples or None, cfg.training.seed)
+    objectives = {mode: Objective(net, x, y, loss=measurement_loss(cfg.measure.loss_clip),
+                                  batch_size=measurement_chunk(cfg, mode),
+                                  jit_compile=cfg.training.jit_compile,
                                   strategy=strategy)
                   for mode, net in nets.items()}
     size = next(iter(objectives.values())).size
-    subspace = (Subspace(size, flags.subspace_dim, seed=flags.seed,
-                         memory_budget_mb=flags.subspace_memory_mb) if flags.subspace_dim else None)
+    m = cfg.measure
+    subspace = (Subspace(size, m.subspace_dim, seed=cfg.training.seed,
+                         memory_budget_mb=m.subspace_memory_mb) if m.subspace_dim else None)
     rows = []
     for m in minimizers:
         labels = {k: v for k, v in m.items() if k != "checkpoint"}
-        measure = functools.partial(_measure_one, flags, model, objectives, subspace,
+        measure = functools.partial(_measure_one, cfg, model, objectives, subspace,
                                     m["checkpoint"], labels, log)
         if cache_dir is None:
             rows += measure()["rows"]
         else:
             name = "_".join(f"{k}{v}" for k, v in labels.items()) or "minimizer"
-            rows += common.cached(Path(cache_dir) / f"{name}.json", measure, log=log)["rows"]
+            rows += rundir.cached(Path(cache_dir) / f"{name}.json", measure, log=log)["rows"]
     return pd.DataFrame(rows)
 
 
-def _measure_one(flags, model, objectives: dict, subspace, checkpoint: str, labels: dict,
+def _measure_one(cfg: Config, model, objectives: dict, subspace, checkpoint: str, labels: dict,
                  log) -> dict:
-    load_weights(model, checkpoint, flags.network)
+    load_weights(model, checkpoint, cfg.model.network)
     x0 = flat_weights(model)
     spaces = [("full", None, None)]
     if subspace is not None:
         spaces.append(("subspace", subspace, subspace.pinv_apply(x0)))
     rows = []
     for mode, objective in objectives.items():
-        how = {"bn": mode, "loss_clip": flags.loss_clip,
+        how = {"bn": mode, "loss_clip": cfg.measure.loss_clip,
                "bn_chunk": objective.batch_size if mode == "batch" else None}
-        for eps in (float(e) for e in flags.epsilons):
+        for eps in (float(e) for e in cfg.measure.epsilons):
             for space, sub, center in spaces:
                 r = sharpness_at(objective, x0, epsilon=eps, subspace=sub, center=center,
-                                 maxiter=flags.sharpness_maxiter, starts=flags.sharpness_starts,
-                                 seed=flags.seed)
+                                 maxiter=cfg.measure.sharpness_maxiter, starts=cfg.measure.sharpness_starts,
+                                 seed=cfg.training.seed)
                 rows.append({**labels, "measure": "sharpness", "space": space, **how,
                              **dataclasses.asdict(r)})
                 log(f"  sharpness {labels} {mode:6s} BN {space:8s} eps={eps:g}: {r.value:10.4f}"
                     f"  (f {r.f_x:.3g} -> {r.f_max:.3g}, {r.nit} it, {r.nfev} evals, "
                     f"{r.seconds:.1f}s; {r.message}"
                     + ("; STOPPED BEFORE ITS FIRST ITERATION" if r.stopped_at_start else "") + ")")
-        if flags.hessian_k:
-            e = top_eigenvalues_at(objective, x0, k=flags.hessian_k, seed=flags.seed)
+        if cfg.measure.hessian_k:
+            e = top_eigenvalues_at(objective, x0, k=cfg.measure.hessian_k, seed=cfg.training.seed)
             rows.append({**labels, "measure": "hessian", "space": "full", **how,
                          "value": e.eigenvalues[0], "eigenvalues": e.eigenvalues,
                          "nfev": e.num_hvp, "num_examples": e.num_examples})
@@ -112,19 +138,19 @@ def _measure_one(flags, model, objectives: dict, subspace, checkpoint: str, labe
     return {"rows": rows}
 
 
-def run(flags, log=print):
-    checkpoint = resolve_checkpoint(flags.checkpoint)
-    data, strategy, _ = common.prepare(flags, {})
-    table = measure_minimizers(flags, data, [{"checkpoint": checkpoint}], strategy=strategy,
+def run(cfg: Config, log=print):
+    checkpoint = resolve_checkpoint(cfg.measure.checkpoint)
+    data, strategy, _ = prepare.prepare(cfg, {})
+    table = measure_minimizers(cfg, data, [{"checkpoint": checkpoint}], strategy=strategy,
                                log=log)
-    run_dir = common.start_run(flags, "sharpness", strategy)
+    run_dir = rundir.start_run(cfg, "sharpness", strategy)
     text = "\n\n".join([f"# Sharpness of {checkpoint}",
-                        f"{flags.network} ({flags.arch_variant}) on {data.name}, "
+                        f"{cfg.model.network} ({cfg.model.arch_variant}) on {data.name}, "
                         f"{len(table)} measurements.", report.measurements_markdown(table)])
-    results = {"experiment": "sharpness", "checkpoint": checkpoint, "network": flags.network,
-               "dataset": data.name, "environment": common.environment(strategy),
-               "measurement": common.measurement_record(flags),
+    results = {"experiment": "sharpness", "checkpoint": checkpoint, "network": cfg.model.network,
+               "dataset": data.name, "environment": rundir.environment(strategy),
+               "measurement": measurement_record(cfg),
                "measurements": table.to_dict(orient="records")}
-    common.write_results(run_dir, results, text + "\n", log=log)
+    rundir.write_results(run_dir, results, text + "\n", log=log)
     log(f"\n{report.measurements_markdown(table)}\n\nreport: {run_dir / 'report.md'}")
     return run_dir

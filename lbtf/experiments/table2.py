@@ -15,101 +15,102 @@ import pandas as pd
 
 from lbtf import report
 from lbtf.errors import UsageError
-from lbtf.experiments import common, parametric, sharpness
+from lbtf.experiments import parametric, prepare, rundir, sharpness, training
+from lbtf.experiments.config import Config
 from lbtf.runs import read_path
 
 
-def run(flags, log=print):
+def run(cfg: Config, log=print):
     started = time.perf_counter()
-    if flags.parametric and flags.parametric_trial >= flags.trials:
-        raise UsageError(f"--parametric_trial={flags.parametric_trial} needs at least "
-                         f"{flags.parametric_trial + 1} --trials (trials count from 0)")
-    data, strategy, batches = common.prepare(
-        flags, {"SB": flags.sb_batch_size, "LB": flags.lb_batch_size})
-    run_dir = common.start_run(flags, "table2", strategy)
-    log(f"table2: {flags.network} ({flags.arch_variant}) on {data.name}, "
+    if cfg.landscape.parametric and cfg.landscape.parametric_trial >= cfg.training.trials:
+        raise UsageError(f"--parametric_trial={cfg.landscape.parametric_trial} needs at least "
+                         f"{cfg.landscape.parametric_trial + 1} --trials (trials count from 0)")
+    data, strategy, batches = prepare.prepare(
+        cfg, {"SB": cfg.training.sb_batch_size, "LB": cfg.training.lb_batch_size})
+    run_dir = rundir.start_run(cfg, "table2", strategy)
+    log(f"table2: {cfg.model.network} ({cfg.model.arch_variant}) on {data.name}, "
         f"{data.num_train} training examples, SB={batches['SB']} LB={batches['LB']}, "
-        f"{flags.trials} trials, {strategy.num_replicas_in_sync} replica(s); writing {run_dir}")
-    trained = common.train_regimes(flags, data=data, strategy=strategy, batches=batches,
+        f"{cfg.training.trials} trials, {strategy.num_replicas_in_sync} replica(s); writing {run_dir}")
+    trained = training.train_regimes(cfg, data=data, strategy=strategy, batches=batches,
                                 run_dir=run_dir, log=log)
-    all_runs, trained = trained, common.without_diverged(trained, log)
+    all_runs, trained = trained, training.without_diverged(trained, log)
     summary = report.accuracy_summary(trained)
-    table = report.table2_markdown(summary, network=flags.network, dataset=data.name)
-    found = _measure(flags, data, trained, strategy=strategy, run_dir=run_dir, log=log)
-    summaries, details = sharpness_sections(found, flags, data.name) if found is not None else ([], [])
-    dist = parametric.distances(flags, data, trained)
-    writer = common.summary_writer(run_dir, "figures")
+    table = report.table2_markdown(summary, network=cfg.model.network, dataset=data.name)
+    found = _measure(cfg, data, trained, strategy=strategy, run_dir=run_dir, log=log)
+    summaries, details = sharpness_sections(found, cfg, data.name) if found is not None else ([], [])
+    dist = parametric.distances(cfg, data, trained)
+    writer = rundir.summary_writer(run_dir, "figures")
     history = pd.read_csv(read_path(run_dir / "history.csv"))
-    plots = parametric.training_curves_figure(history, flags=flags, dataset=data.name,
+    plots = parametric.training_curves_figure(history, cfg=cfg, dataset=data.name,
                                               run_dir=run_dir, writer=writer)
-    tables = parametric.parametric_tables(flags, data, trained, log=log)
-    plots += parametric.parametric_figures(tables, flags=flags, dataset=data.name,
+    tables = parametric.parametric_tables(cfg, data, trained, log=log)
+    plots += parametric.parametric_figures(tables, cfg=cfg, dataset=data.name,
                                            run_dir=run_dir, writer=writer)
     distance = ["## Distance from the starting point", report.distance_markdown(dist)]
     text = "\n\n".join([
-        f"# Table 2: SB vs LB Adam, {flags.network} on {data.name}", header(flags, data, batches),
+        f"# Table 2: SB vs LB Adam, {cfg.model.network} on {data.name}", header(cfg, data, batches),
         table, *summaries, *distance, *plots, *details, "## Runs", report.runs_markdown(all_runs),
         "Per-epoch curves: `history.csv`; TensorBoard: `tensorboard --logdir "
         f"{run_dir / 'tb'}`; weights of every epoch: `checkpoints/`."])
     results = {"experiment": "table2", "seconds": time.perf_counter() - started,
-               "network": flags.network, "variant": flags.arch_variant,
+               "network": cfg.model.network, "variant": cfg.model.arch_variant,
                "dataset": data.name, "num_train": data.num_train, "batch_sizes": batches,
-               "environment": common.environment(strategy),
+               "environment": rundir.environment(strategy),
                "summary": summary.to_dict(orient="records"),
-               "paper": report.PAPER_TABLE2.get(flags.network),
+               "paper": report.PAPER_TABLE2.get(cfg.model.network),
                "runs": all_runs.to_dict(orient="records"),
-               "diverged": common.diverged_names(all_runs),
+               "diverged": training.diverged_names(all_runs),
                "measurements": [] if found is None else found.to_dict(orient="records"),
                "lb_sharper": ([] if found is None or found.empty
                               else report.sharper_counts(found).to_dict(orient="records")),
                "distances": dist.to_dict(orient="records"),
                "parametric": {p: t.to_dict(orient="records") for p, t in tables.items()},
-               "measurement": common.measurement_record(flags)}
-    common.write_results(run_dir, results, text + "\n", log=log)
+               "measurement": sharpness.measurement_record(cfg)}
+    rundir.write_results(run_dir, results, text + "\n", log=log)
     log("\n" + "\n\n".join([table, *summaries, *distance]) +
         f"\n\nreport: {run_dir / 'report.md'}")
     return run_dir
 
 
-def _measure(flags, data, trained: pd.DataFrame, *, strategy, run_dir, log) -> pd.DataFrame | None:
+def _measure(cfg: Config, data, trained: pd.DataFrame, *, strategy, run_dir, log) -> pd.DataFrame | None:
     """Tables 3 and 4: every run's measured point, under every --measure_bn mode (None: off)."""
-    if not flags.sharpness:
+    if not cfg.measure.sharpness:
         return None
     log("measuring the sharpness of every minimiser (Tables 3 and 4)")
     minimizers = [{"trial": r.trial, "regime": r.regime, "checkpoint": r.checkpoint}
                   for r in trained.itertuples()]
-    return sharpness.measure_minimizers(flags, data, minimizers, strategy=strategy, log=log,
+    return sharpness.measure_minimizers(cfg, data, minimizers, strategy=strategy, log=log,
                                         cache_dir=run_dir / "measurements")
 
 
-def header(flags, data, batches: dict[str, int]) -> str:
+def header(cfg: Config, data, batches: dict[str, int]) -> str:
     """The report's opening paragraph: data, batches (and why their ratio matters), stopping."""
     return (
-        f"Network {flags.network} ({flags.arch_variant} variant), {data.num_train} training and "
+        f"Network {cfg.model.network} ({cfg.model.arch_variant} variant), {data.num_train} training and "
         f"{len(data.y_test)} test examples; SB batch {batches['SB']}, LB batch {batches['LB']} "
         f"(LB/SB = {batches['LB'] / batches['SB']:.1f}; the paper's 256 against 10% of MNIST or "
         "CIFAR gives 20-23, and a ratio near 1 shows no gap); "
-        f"Adam lr {flags.learning_rate}; {flags.trials} trials; each run trained until the "
-        f"training loss stopped improving by {flags.min_delta} for {flags.patience} epochs "
-        f"(at most {flags.max_epochs}). Every number describes a run at its measured point, "
-        f"{POINT_NOTE[flags.measure_point]} (`measured_epoch` in the runs table). Accuracy in "
+        f"Adam lr {cfg.training.learning_rate}; {cfg.training.trials} trials; each run trained until the "
+        f"training loss stopped improving by {cfg.training.min_delta} for {cfg.training.patience} epochs "
+        f"(at most {cfg.training.max_epochs}). Every number describes a run at its measured point, "
+        f"{POINT_NOTE[cfg.measure.measure_point]} (`measured_epoch` in the runs table). Accuracy in "
         f"percent, mean ± std over trials. The paper row is for "
-        f"{report.PAPER_DATASET_NOTE.get(flags.network, 'its own dataset')}.")
+        f"{report.PAPER_DATASET_NOTE.get(cfg.model.network, 'its own dataset')}.")
 
 
-def measurement_note(flags) -> str:
+def measurement_note(cfg: Config) -> str:
     """How every sharpness number of a run was measured, for the report."""
     modes = {"moving": "**moving BN**: inference mode, BN normalising with the moving statistics "
                        "as training left them (re-estimated from training data, --bn_eval)",
-             "batch": f"**batch-statistics BN**: every chunk of {flags.measure_bn_chunk} training "
+             "batch": f"**batch-statistics BN**: every chunk of {cfg.measure.bn_measure_chunk} training "
                       "examples normalised with its own statistics, dropout off (Keras 1's BN "
                       "mode 2, which the authors' code used)"}
-    starts = (f" plus {flags.sharpness_starts - 1} seeded random starts in the box, the largest f "
-              "kept" if flags.sharpness_starts > 1 else "")
-    return (f"Metric 2.1 at each run's measured point ({POINT_NOTE[flags.measure_point]}): "
-            f"{flags.sharpness_maxiter} L-BFGS-B iterations from y = 0{starts}; f is the mean "
-            f"training loss, {parametric.loss_note(flags.loss_clip)}. "
-            + "; ".join(modes[m] for m in flags.measure_bn) +
+    starts = (f" plus {cfg.measure.sharpness_starts - 1} seeded random starts in the box, the largest f "
+              "kept" if cfg.measure.sharpness_starts > 1 else "")
+    return (f"Metric 2.1 at each run's measured point ({POINT_NOTE[cfg.measure.measure_point]}): "
+            f"{cfg.measure.sharpness_maxiter} L-BFGS-B iterations from y = 0{starts}; f is the mean "
+            f"training loss, {parametric.loss_note(cfg.measure.loss_clip)}. "
+            + "; ".join(modes[m] for m in cfg.measure.bn_measure) +
             ". Cells: mean ± std over trials, then median and min–max. Every measurement with its "
             "optimiser status and L-BFGS-B path is in results.json and below.")
 
@@ -117,20 +118,20 @@ def measurement_note(flags) -> str:
 POINT_NOTE = {"best": "the epoch with the lowest training loss", "last": "the last epoch"}
 
 
-def sharpness_sections(found, flags, dataset: str) -> tuple[list[str], list[str]]:
+def sharpness_sections(found, cfg, dataset: str) -> tuple[list[str], list[str]]:
     """Report sections: the summaries (Tables 3 and 4 per BN mode, how often LB is sharper, the
     Hessian cross-check), also printed at the end of the run, and the details."""
     if found.empty:
         return ["## Tables 3 and 4", "Nothing measured: every run diverged."], []
-    out = ["## Table 3: sharpness in full space", measurement_note(flags),
-           report.sharpness_markdown(found, space="full", network=flags.network, dataset=dataset)]
-    if flags.subspace_dim:
-        out += [f"## Table 4: sharpness in random subspaces of dimension {flags.subspace_dim}",
-                report.sharpness_markdown(found, space="subspace", network=flags.network,
+    out = ["## Table 3: sharpness in full space", measurement_note(cfg),
+           report.sharpness_markdown(found, space="full", network=cfg.model.network, dataset=dataset)]
+    if cfg.measure.subspace_dim:
+        out += [f"## Table 4: sharpness in random subspaces of dimension {cfg.measure.subspace_dim}",
+                report.sharpness_markdown(found, space="subspace", network=cfg.model.network,
                                           dataset=dataset)]
     out += ["## LB against SB, trial by trial", "In how many trials the LB minimiser is sharper "
             "than the SB minimiser of the same trial, and the median ratio LB / SB.",
             report.sharper_counts(found).to_markdown(index=False, floatfmt=".4g")]
-    if flags.hessian_k:
+    if cfg.measure.hessian_k:
         out += ["## Curvature cross-check", report.eigenvalue_markdown(found)]
     return out, ["## Measurements", report.measurements_markdown(found)]

@@ -1,0 +1,63 @@
+"""From a Config to what every experiment starts with: the strategy, the data and the batch sizes
+in examples, with every input checked before a run folder exists."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from lbtf import data as data_lib
+from lbtf import runs
+from lbtf.distribute import describe, make_strategy, per_replica_batch
+from lbtf.errors import UsageError
+from lbtf.experiments.config import Config, DataConfig
+from lbtf.models import check_compatible
+from lbtf.train import resolve_batch_size
+
+
+def loader_options(data: DataConfig, *, seed: int) -> dict:
+    """The keyword arguments of data.dataset's loader (lbtf.data.LOADERS)."""
+    return {
+        "mnist1d": lambda: {"num_samples": data.mnist1d_samples, "data_dir": data.data_dir},
+        "cluttered_digits": lambda: {"data_dir": data.data_dir},
+        "digits": dict,
+        "timit": lambda: {"path": data.timit_path},
+        "synthetic": lambda: {"shape": data.synthetic_shape, "num_classes": data.synthetic_classes,
+                              "num_train": data.synthetic_train, "num_test": data.synthetic_test,
+                              "seed": seed},
+    }.get(data.dataset, lambda: {"data_dir": data.data_dir,  # the tfds datasets
+                                 "download": data.tfds_download})()
+
+
+def load_data(cfg: Config) -> data_lib.Dataset:
+    """--dataset, loaded through lbtf.data's one registry."""
+    return data_lib.load_dataset(cfg.data.dataset,
+                                 **loader_options(cfg.data, seed=cfg.training.seed))
+
+
+def prepare(cfg: Config, batch_specs: dict[str, int | float], log=print):
+    """Creates the strategy, loads data, checks the network fits it and the batch sizes fit the
+    data and the replicas; logs how each batch is split over the replicas.
+
+    Everything that can be wrong with the input is found here, before a run folder exists.
+    """
+    runs.check_writable(cfg.run.output_dir)
+    if cfg.run.strategy in ("multi_worker", "slurm") and not cfg.run.run_name:
+        raise UsageError(f"--strategy={cfg.run.strategy} needs --run_name: every worker must write "
+                         "to and resume from the same run folder")
+    if cfg.run.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    # First: a multi-worker strategy must exist before any other TensorFlow op runs.
+    strategy = make_strategy(cfg.run.strategy, slurm_port_base=cfg.run.slurm_port_base)
+    data = load_data(cfg)
+    check_compatible(cfg.model.network, data.input_shape)
+    if cfg.remedies.augment and len(data.input_shape) != 3:
+        raise UsageError(f"--augment needs image data, but {data.name}'s inputs have shape "
+                         f"{tuple(data.input_shape)}; use an image dataset or drop --augment")
+    batches = {}
+    for regime, spec in batch_specs.items():
+        batches[regime] = resolve_batch_size(spec, data.num_train)
+        per_replica_batch(strategy, batches[regime])
+    for line in describe(strategy, batches, bn=cfg.model.bn_layer,
+                         ghost_batch_size=cfg.model.ghost_batch_size):
+        log(line)
+    return data, strategy, batches

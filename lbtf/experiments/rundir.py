@@ -1,0 +1,104 @@
+"""A run folder: created (or resumed) with the resolved flags, finished parts cached as JSON,
+results written last and atomically, with the environment that produced them."""
+
+from __future__ import annotations
+
+import atexit
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import tensorflow as tf
+
+import lbtf
+from lbtf import lbfgsb, runs
+from lbtf.distribute import is_chief, worker
+from lbtf.errors import UsageError
+from lbtf.experiments.config import Config
+
+
+def _differing(saved: str, current: str) -> list[str]:
+    parse = lambda text: dict(ln.partition("=")[::2] for ln in text.splitlines() if ln)  # noqa: E731
+    a, b = parse(saved), parse(current)
+    return sorted(k.lstrip("-") for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def start_run(cfg: Config, experiment: str, strategy: tf.distribute.Strategy | None = None) -> Path:
+    """Creates the run folder and saves the resolved flags in it (usable as a --flagfile).
+
+    With --run_name the folder is <output_dir>/<run_name>; when it already holds a run started
+    with the same flags, that run is resumed (finished parts are skipped by the caller). In a
+    multi-worker job only the chief writes it; the other workers write to a scratch folder."""
+    text = cfg.run.flags_text
+    if not cfg.run.run_name:
+        run_dir = runs.new_run_dir(cfg.run.output_dir, experiment)
+    else:
+        run_dir = Path(cfg.run.output_dir) / cfg.run.run_name
+        if strategy is not None and not is_chief(strategy):
+            scratch = tempfile.mkdtemp(prefix=f"lbtf-worker{worker(strategy)[0]}-")
+            atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+            runs.redirect_writes(run_dir, scratch)
+        saved = run_dir / "flags.txt"
+        if saved.is_file():
+            changed = _differing(saved.read_text(), text)
+            if changed:
+                raise UsageError(f"run folder {run_dir} was started with other values of "
+                                 f"{', '.join('--' + c for c in changed)}; start it again with its "
+                                 f"own flags (--flagfile={saved}) or choose another --run_name")
+            return run_dir
+        runs.write_path(run_dir).mkdir(parents=True, exist_ok=True)
+    runs.atomic_write_text(run_dir / "flags.txt", text)
+    return run_dir
+
+
+def cached(path: Path, compute: Callable[[], dict], log=print) -> dict:
+    """The JSON record at `path` if an earlier (interrupted) start of this run finished it, else
+    compute() written atomically to `path`: how multi-run experiments skip finished work."""
+    if path.is_file():
+        log(f"  {path.relative_to(path.parents[1])}: finished earlier, skipped")
+        return json.loads(path.read_text())
+    record = runs.jsonable(compute())
+    runs.atomic_write_json(path, record)
+    return record
+
+
+# Packages whose versions can change the numbers a run prints.
+VERSIONED = ("tensorflow", "keras", "numpy", "scipy", "pandas", "mnist1d", "scikit-learn",
+             "tensorflow-datasets")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment(strategy: tf.distribute.Strategy) -> dict:
+    """What produced a run's numbers: versions, the L-BFGS-B path, strategy and devices."""
+    return {"lbtf": lbtf.__version__, "python": platform.python_version(),
+            "cpu_cores": os.cpu_count(),
+            **{p: _version(p) for p in VERSIONED},
+            "lbfgsb": lbfgsb.FAST if lbfgsb.fast_path_available() else lbfgsb.PUBLIC,
+            "strategy": type(strategy).__name__,
+            "replicas": strategy.num_replicas_in_sync, "workers": worker(strategy)[1],
+            "devices": [d.name for d in tf.config.list_logical_devices()]}
+
+
+def summary_writer(run_dir: Path, name: str):
+    """The TensorBoard writer of <run_dir>/tb/<name> (a worker's scratch copy off the chief)."""
+    return tf.summary.create_file_writer(str(runs.write_path(run_dir / "tb" / name)))
+
+
+def write_results(run_dir: Path, results: dict, report: str, log=print) -> None:
+    """results.json last: its presence marks a finished run. Logs the run folder's size."""
+    runs.atomic_write_text(run_dir / "report.md", report)
+    runs.atomic_write_json(run_dir / "results.json", results)
+    files = [f for f in runs.read_path(run_dir).rglob("*") if f.is_file()]
+    log(f"run folder {run_dir}: {sum(f.stat().st_size for f in files) / 2**20:.1f} MB in "
+        f"{len(files)} files")

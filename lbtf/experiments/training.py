@@ -1,0 +1,162 @@
+"""Training runs from a Config: a regime's Trainer, one run with its TensorBoard log and
+checkpoints, every trial of every regime with finished runs skipped, and the point each run is
+measured at."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import pandas as pd
+
+from lbtf import data as data_lib
+from lbtf import runs
+from lbtf.checkpoints import checkpoint_at, remove_resume
+from lbtf.experiments.config import Config
+from lbtf.experiments.rundir import cached, summary_writer
+from lbtf.layers import norm_layer
+from lbtf.models import build_model
+from lbtf.remedies import adapted_epochs, adapted_milestones, scaled_learning_rate
+from lbtf.train import TrainConfig, Trainer, best_epoch, fit
+
+METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
+
+
+def initial_variables(build, seed: int) -> list:
+    """The model variables (weights, BN statistics, RNG state) that seed `seed` starts from."""
+    keras.utils.set_random_seed(seed)
+    return [v.numpy() for v in build().variables]
+
+
+def model_builder(cfg: Config, data: data_lib.Dataset) -> Callable[[], keras.Model]:
+    """Builds cfg.model's network for `data`, with its BN layer."""
+    norm = norm_layer(cfg.model.bn_layer, virtual_batch_size=cfg.model.ghost_batch_size)
+    return functools.partial(build_model, cfg.model.network, input_shape=data.input_shape,
+                             num_classes=data.num_classes, variant=cfg.model.arch_variant,
+                             norm=norm)
+
+
+def training_config(cfg: Config, batch: int, **fields) -> TrainConfig:
+    """The TrainConfig of a run at global batch `batch`, with cfg.remedies' learning-rate scaling
+    and regime adaptation applied; `fields` set TrainConfig fields."""
+    t, r = cfg.training, cfg.remedies
+    epochs, patience, milestones = t.max_epochs, t.patience, list(t.lr_milestones)
+    if r.regime_adaptation:
+        ref = r.lr_reference_batch
+        epochs, patience = adapted_epochs(epochs, batch, ref), adapted_epochs(patience, batch, ref)
+        milestones = adapted_milestones(milestones, batch, ref)
+    config = dict(
+        batch_size=batch, max_epochs=epochs, patience=patience, lr_milestones=tuple(milestones),
+        learning_rate=scaled_learning_rate(t.learning_rate, batch,
+                                           reference=r.lr_reference_batch, rule=r.lr_scaling),
+        lr_decay=t.lr_decay, min_delta=t.min_delta, steps_per_loop=t.steps_per_loop,
+        eval_batch_size=t.eval_batch_size, jit_compile=t.jit_compile,
+        checkpoint_every=t.checkpoint_every, resume_interval=t.resume_interval, seed=t.seed,
+        bn_eval=t.bn_eval, bn_eval_examples=t.bn_eval_examples, remedies=r)
+    return TrainConfig(**{**config, **fields})
+
+
+def make_trainer(cfg: Config, data, strategy, batch: int, **fields) -> Trainer:
+    """A Trainer at global batch `batch` with cfg's settings (see training_config)."""
+    return Trainer(model_builder(cfg, data), data, training_config(cfg, batch, **fields),
+                   strategy=strategy)
+
+
+def train_from(trainer: Trainer, start: list, **kwargs) -> dict:
+    """`train_once` after resetting the trainer to the model variables `start`."""
+    trainer.reset(start)
+    return train_once(trainer, **kwargs)
+
+
+def train_once(trainer: Trainer, *, name: str, run_dir: Path, seed: int, hparams: dict,
+               label: str, log=print) -> dict:
+    """One training run from the trainer's current weights, with its TensorBoard log and
+    checkpoints under run_dir; returns the final row, the history and the checkpoint folder."""
+    from tensorboard.plugins.hparams import api as hp
+
+    writer = summary_writer(run_dir, name)
+    with writer.as_default():
+        hp.hparams(hparams, trial_id=name)
+    checkpoints = run_dir / "checkpoints" / name
+    result = fit(trainer, seed=seed, checkpoint_dir=checkpoints,
+                 save_dir=runs.write_path(checkpoints), writer=writer, log=log, label=label)
+    final = {k: v for k, v in result.final.items() if k not in ("epoch", "steps")}
+    return {"epochs": len(result.history), "stop_reason": result.stop_reason, **final,
+            "seconds": result.seconds, "checkpoint_dir": result.checkpoint_dir,
+            "learning_rate": trainer.config.learning_rate, "history": result.history,
+            "diffusion": result.diffusion}
+
+
+def at_point(record: dict, point: str) -> dict:
+    """A run's metrics and weights checkpoint at the point measurements take: the epoch with the
+    lowest training loss ("best") or the last epoch ("last"; a diverged run's best). Table 2,
+    sharpness, distances and parametric plots all read this one point."""
+    history = record["history"]
+    last = history[-1]["epoch"] if record["stop_reason"] != "diverged" else None
+    epoch = last if point == "last" and last is not None else best_epoch(history)
+    # A run that diverged in its first epoch has no finite epoch: its point is the start
+    # (weights-0), its metrics those of its last row.
+    row = next((h for h in history if h["epoch"] == epoch), history[-1])
+    return {"measured_epoch": epoch, **{k: row[k] for k in METRICS},
+            "checkpoint": checkpoint_at(record["checkpoint_dir"], epoch)}
+
+
+
+def train_regimes(cfg: Config, *, data, strategy, batches: dict[str, int], run_dir: Path,
+                  log=print, regimes: dict[str, Config] | None = None,
+                  **fields) -> pd.DataFrame:
+    """Every trial of every regime (e.g. SB and LB); returns one row per run, writes history.csv.
+
+    Trial t starts every regime from the same seeded initial weights (seed + t), so the distance
+    from the starting point is comparable between SB and LB. One Trainer per regime is compiled
+    once and reset for each trial. Runs finished by an earlier start of the same run are skipped.
+    `regimes[name]` is that regime's own Config (e.g. with a remedy on; default `cfg`); `fields`
+    set TrainConfig fields of every regime. Each row's metrics and `checkpoint` are those of its
+    measured point (--measure_point, see `at_point`).
+    """
+    build = model_builder(cfg, data)
+    trainers = {regime: make_trainer((regimes or {}).get(regime, cfg), data, strategy, batch,
+                                     **fields)
+                for regime, batch in batches.items()}
+    finals, histories = [], []
+    for trial in range(cfg.training.trials):
+        seed = cfg.training.seed + trial
+        start = None  # drawn only when a run of this trial is still to do
+        for regime, trainer in trainers.items():
+            batch, name = batches[regime], f"trial{trial}_{regime}"
+            path = run_dir / "runs" / f"{name}.json"
+            if start is None and not path.is_file():
+                start = initial_variables(build, seed)
+            record = cached(path, functools.partial(
+                train_from, trainer, start, name=name, run_dir=run_dir, seed=seed, log=log,
+                hparams={"network": cfg.model.network, "dataset": data.name, "regime": regime,
+                         "batch_size": batch, "seed": seed,
+                         "learning_rate": trainer.config.learning_rate},
+                label=f"[trial {trial + 1}/{cfg.training.trials} {regime} B={batch}]"), log=log)
+            remove_resume(record["checkpoint_dir"])  # the record now holds what it was for
+            point = at_point(record, cfg.measure.measure_point)
+            history = record.pop("history")
+            finals.append({"trial": trial, "regime": regime, "batch_size": batch, "seed": seed,
+                           **record, **point})
+            histories.append(pd.DataFrame(history).assign(trial=trial, regime=regime))
+    history = pd.concat(histories, ignore_index=True)
+    runs.atomic_write_text(run_dir / "history.csv", history.to_csv(index=False))
+    return pd.DataFrame(finals)
+
+
+def without_diverged(trained: pd.DataFrame, log=print) -> pd.DataFrame:
+    """The runs that did not diverge. A diverged run (non-finite loss) keeps its record, history
+    and the weights of its start and lowest-loss epoch, and the rest of the experiment goes on; it is
+    left out of the summaries and measurements, and named in the log and in results.json."""
+    bad = trained.stop_reason == "diverged"
+    for r in trained[bad].itertuples():
+        log(f"  trial {r.trial} {r.regime}: diverged (non-finite loss) in epoch {r.epochs}; "
+            "left out of the summaries and measurements")
+    return trained[~bad]
+
+
+def diverged_names(trained: pd.DataFrame) -> list[str]:
+    return [f"trial{r.trial}_{r.regime}" for r in trained.itertuples()
+            if r.stop_reason == "diverged"]
