@@ -42,6 +42,7 @@ class Remedies:
     conservative_lambda: float = 0.0  # proximal weight of conservative training (0: off)
     conservative_steps: int = 3       # Adam steps per proximal subproblem
     augment: bool = False             # on-the-fly image augmentation (Appendix E)
+    label_smoothing: float = 0.0      # train on targets (1 - s) one-hot + s / K (0: off)
     diffusion_every: int = 0          # not a remedy, Hoffer's measurement: ||w_t - w_0|| every N
                                       # steps (0: off)
 
@@ -51,7 +52,7 @@ class Remedies:
 # value). Keys name configuration fields of any group (e.g. the network's bn_layer).
 OFF = {"bn_layer": "standard", "lr_scaling": "none", "regime_adaptation": False,
        "clip_norm": 0.0, "sam_rho": 0.0, "fgsm_epsilon": 0.0, "conservative_lambda": 0.0,
-       "augment": False}
+       "augment": False, "label_smoothing": 0.0}
 REGIMES: dict[str, Callable[[Remedies], dict]] = {
     "ghost": lambda r: {"bn_layer": "ghost", "lr_scaling": "sqrt", "regime_adaptation": True,
                         "clip_norm": r.clip_norm},  # Hoffer et al.: GBN, sqrt lr, train longer
@@ -59,6 +60,7 @@ REGIMES: dict[str, Callable[[Remedies], dict]] = {
     "conservative": lambda r: {"conservative_lambda": r.conservative_lambda or 1e-3},
     "adversarial": lambda r: {"fgsm_epsilon": r.fgsm_epsilon or 0.01},
     "sam": lambda r: {"sam_rho": r.sam_rho or 0.05},  # Foret et al.
+    "label_smoothing": lambda r: {"label_smoothing": r.label_smoothing or 0.1},  # Szegedy et al.
 }
 
 
@@ -105,6 +107,14 @@ def fgsm_examples(x: tf.Tensor, grad_x: tf.Tensor, epsilon: float) -> tf.Tensor:
     import tensorflow as tf
 
     return tf.stop_gradient(x + epsilon * tf.sign(grad_x))
+
+
+def smoothed_cross_entropy(y_true: tf.Tensor, probs: tf.Tensor, smoothing: float) -> tf.Tensor:
+    """Per-example cross-entropy against the smoothed targets (1 - s) one-hot(y) + s / K."""
+    import keras
+
+    one_hot = keras.ops.one_hot(y_true, probs.shape[-1])
+    return keras.losses.categorical_crossentropy(one_hot, probs, label_smoothing=smoothing)
 
 
 def global_norm(tensors: Sequence[tf.Tensor]) -> tf.Tensor:

@@ -208,8 +208,10 @@ class Trainer:
     def _loss(self, xb, yb, training: bool = True) -> tf.Tensor:
         # Divide this replica's summed loss by the GLOBAL batch: the optimizer sums gradients over
         # replicas, so the update equals the one-device mean-loss gradient at any replica count.
-        loss = tf.nn.compute_average_loss(per_example_loss(yb, self.model(xb, training=training)),
-                                          global_batch_size=self.config.batch_size)
+        probs, smoothing = self.model(xb, training=training), self.config.remedies.label_smoothing
+        per_example = (remedies.smoothed_cross_entropy(yb, probs, smoothing) if smoothing
+                       else per_example_loss(yb, probs))
+        loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.config.batch_size)
         if self.model.losses:
             loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
         return loss

@@ -126,6 +126,33 @@ def test_fgsm_moves_each_input_by_eps_up_the_loss():
     assert float(loss(adv)) > float(value)
 
 
+def test_label_smoothing_matches_the_smoothed_targets_and_reaches_the_trainer():
+    probs = RNG.dirichlet(np.ones(4), size=6).astype(np.float32)
+    y = RNG.integers(0, 4, size=6)
+    s = 0.1
+    # -sum_k q_k log p_k with q = (1 - s) one-hot + s / K, written out per example.
+    expected = [-((1 - s) * np.log(p[t]) + s / 4 * np.log(p).sum()) for p, t in zip(probs, y, strict=True)]
+    got = remedies.smoothed_cross_entropy(tf.constant(y), tf.constant(probs), s)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # The trainer's loss on a batch is the mean of the smoothed losses of its examples.
+    data = Dataset("tiny", RNG.normal(size=(16, 5)).astype(np.float32),
+                   RNG.integers(0, 3, 16).astype(np.int32),
+                   RNG.normal(size=(4, 5)).astype(np.float32),
+                   RNG.integers(0, 3, 4).astype(np.int32), 3)
+
+    def build():
+        keras.utils.set_random_seed(1)
+        return keras.Sequential([keras.Input((5,)), keras.layers.Dense(3, activation="softmax")])
+
+    trainer = Trainer(build, data, TrainConfig(batch_size=16, bn_eval="moving",
+                                               remedies=Remedies(label_smoothing=s)))
+    p = trainer.model(data.x_train).numpy().astype(np.float64)
+    manual = np.mean([-((1 - s) * np.log(q[t]) + s / 3 * np.log(q).sum())
+                      for q, t in zip(p, data.y_train, strict=True)])
+    assert float(trainer._loss(tf.constant(data.x_train), tf.constant(data.y_train))) == (
+        pytest.approx(manual, rel=1e-5))
+
+
 def test_sam_perturbation_on_a_quadratic():
     a = np.diag([1.0, 4.0])
     w = np.array([1.0, 1.0])

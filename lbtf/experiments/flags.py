@@ -126,6 +126,9 @@ flags.DEFINE_integer("conservative_steps", _OFF.conservative_steps, "Adam steps 
                      "subproblem (paper: 3-5).", lower_bound=1)
 flags.DEFINE_boolean("augment", _OFF.augment, "On-the-fly augmentation of image data: random "
                      "rotations (10 degrees), translations (10%) and horizontal reflections.")
+flags.DEFINE_float("label_smoothing", _OFF.label_smoothing, "Label smoothing s: train on targets "
+                   "(1 - s) one-hot + s / K (0: off; Szegedy et al.: 0.1).", lower_bound=0,
+                   upper_bound=1)
 flags.DEFINE_integer("diffusion_every", _OFF.diffusion_every, "Record ||w_t - w_0|| every N steps "
                      "(0: off).", lower_bound=0)
 flags.DEFINE_list("remedies", list(REGIMES), "Remedy regimes of --experiment=remedies, beside SB "
