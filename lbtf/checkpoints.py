@@ -132,3 +132,19 @@ def checkpoint_at(checkpoint_dir: str | Path, epoch: int | None = None) -> str |
         kept = kept_weights(checkpoint_dir)
         return kept[max(kept)] if kept else None
     return str(read_path(checkpoint_dir) / f"weights-{epoch}")
+
+
+def keep_weights(ckpts: Checkpoints, *, epoch: int, best: int, reason: str | None, every: int,
+                 kept_best: int) -> int:
+    """After epoch `epoch` (`best`: the lowest training loss so far): writes its weights if they
+    are kept (a new lowest training loss, the end of the run, or every `every`-th epoch) and
+    deletes the superseded lowest-loss epoch's unless it is kept for another reason; returns the
+    lowest-loss epoch on disk."""
+    scheduled = lambda e: e == 0 or (every and e % every == 0)  # noqa: E731
+    if reason == "diverged":  # non-finite weights are never written
+        return kept_best
+    if best == epoch or reason is not None or scheduled(epoch):
+        ckpts.save_weights(epoch)
+    if best != kept_best and not scheduled(kept_best):
+        ckpts.delete_weights(kept_best)
+    return best

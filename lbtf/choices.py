@@ -4,6 +4,8 @@ modules use the same definitions."""
 
 from __future__ import annotations
 
+from lbtf.errors import UsageError
+
 NETWORKS = ("F1", "F2", "C1", "C2", "C3", "C4")
 VARIANTS = ("paper", "reference")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "slurm")
@@ -30,3 +32,16 @@ def parse_batch_size(text: str) -> int | float:
     if value < 1:
         raise ValueError(f"batch size {text!r} must be a positive integer")
     return int(value)
+
+
+def resolve_batch_size(spec: int | float | str, num_train: int) -> int:
+    """A batch size in examples: an integer as given, a fraction of `num_train` rounded."""
+    try:
+        value = parse_batch_size(spec) if isinstance(spec, str) else spec
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    batch = max(1, round(value * num_train)) if isinstance(value, float) else int(value)
+    if batch > num_train:
+        raise UsageError(f"batch size {batch} exceeds the {num_train} training examples; use at "
+                         f"most {num_train} or a fraction such as 0.1")
+    return batch

@@ -20,11 +20,10 @@ import tensorflow as tf
 
 from lbtf import remedies
 from lbtf.bn import BatchNormEstimator, bn_layers, population_pass
-from lbtf.checkpoints import Checkpoints, restore_weights  # noqa: F401  (re-exported)
-from lbtf.choices import parse_batch_size
+from lbtf.checkpoints import Checkpoints, keep_weights, restore_weights  # noqa: F401
+from lbtf.choices import parse_batch_size, resolve_batch_size  # noqa: F401  (re-exported)
 from lbtf.data import Dataset
 from lbtf.distribute import split_columns, worker
-from lbtf.errors import UsageError
 from lbtf.objective import EvalSet, make_evaluator
 from lbtf.objective import default_loss as per_example_loss
 from lbtf.remedies import Remedies
@@ -69,19 +68,6 @@ class TrainResult:
     @property
     def final(self) -> dict:
         return self.history[-1] if self.history else {}
-
-
-def resolve_batch_size(spec: int | float | str, num_train: int) -> int:
-    """A batch size in examples: an integer as given, a fraction of `num_train` rounded."""
-    try:
-        value = parse_batch_size(spec) if isinstance(spec, str) else spec
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    batch = max(1, round(value * num_train)) if isinstance(value, float) else int(value)
-    if batch > num_train:
-        raise UsageError(f"batch size {batch} exceeds the {num_train} training examples; use at "
-                         f"most {num_train} or a fraction such as 0.1")
-    return batch
 
 
 def should_stop(losses: Sequence[float], *, patience: int, min_delta: float) -> bool:
@@ -399,7 +385,9 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
             + ("  DIVERGED: non-finite loss" if reason == "diverged" else ""))
         if ckpts is None:
             continue
-        kept_best = _keep_weights(ckpts, history, reason, cfg.checkpoint_every, kept_best)
+        kept_best = keep_weights(ckpts, epoch=row["epoch"], best=best_epoch(history),
+                                     reason=reason, every=cfg.checkpoint_every,
+                                     kept_best=kept_best)
         if reason is not None or time.perf_counter() - saved_at >= interval:
             ckpts.save_state(row["epoch"], {
                 "history": history, "stop_reason": reason, "rng": rng.bit_generator.state,
@@ -409,19 +397,3 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
         writer.flush()
     return TrainResult(history, reason, str(checkpoint_dir) if checkpoint_dir else None,
                        time.perf_counter() - start, list(trainer.diffusion), resumed)
-
-
-def _keep_weights(ckpts: Checkpoints, history: list[dict], reason: str | None, every: int,
-                  kept_best: int) -> int:
-    """Writes the last epoch's weights if they are kept (a new lowest training loss, the end of
-    the run, or every `every`-th epoch) and deletes the superseded lowest-loss epoch's unless it is
-    kept for another reason; returns the lowest-loss epoch on disk."""
-    epoch, best = history[-1]["epoch"], best_epoch(history)
-    scheduled = lambda e: e == 0 or (every and e % every == 0)  # noqa: E731
-    if reason == "diverged":  # non-finite weights are never written
-        return kept_best
-    if best == epoch or reason is not None or scheduled(epoch):
-        ckpts.save_weights(epoch)
-    if best != kept_best and not scheduled(kept_best):
-        ckpts.delete_weights(kept_best)
-    return best

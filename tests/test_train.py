@@ -4,40 +4,22 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from nets import DATA, mlp, values
 
 from lbtf.checkpoints import checkpoint_at, kept_weights
-from lbtf.data import load_synthetic
-from lbtf.distribute import describe, is_chief, per_replica_batch, worker
 from lbtf.errors import UsageError
 from lbtf.models import build_model
 from lbtf.remedies import Remedies
 from lbtf.train import (
-    EvalSet,
     TrainConfig,
     Trainer,
     epoch_indices,
     fit,
-    make_evaluator,
     parse_batch_size,
     resolve_batch_size,
     restore_weights,
     should_stop,
 )
-
-DATA = load_synthetic(shape=(12,), num_classes=3, num_train=256, num_test=64, seed=3)
-
-
-def mlp(seed=0, bn=False):
-    """A small network; without BN or dropout its result cannot depend on how a batch is split."""
-    keras.utils.set_random_seed(seed)
-    layers = [keras.Input((12,)), keras.layers.Dense(16, activation="relu")]
-    if bn:
-        layers.append(keras.layers.BatchNormalization())
-    return keras.Sequential(layers + [keras.layers.Dense(3, activation="softmax")])
-
-
-def values(model):
-    return [v.numpy().copy() for v in model.trainable_variables]
 
 
 def test_parse_and_resolve_batch_size():
@@ -65,16 +47,6 @@ def test_epoch_indices_are_a_permutation_cut_into_batches():
     idx = epoch_indices(np.random.default_rng(0), 10, 3)
     assert idx.shape == (3, 3) and len(set(idx.ravel().tolist())) == 9
     assert set(idx.ravel().tolist()) <= set(range(10))
-
-
-def test_evaluator_matches_numpy_with_padding():
-    model = mlp()
-    split = EvalSet(DATA.x_test, DATA.y_test, batch_size=24)  # 64 = 2 x 24 + 16: padded
-    loss, acc = make_evaluator(model, jit_compile=True)(split)
-    probs = model(DATA.x_test).numpy()
-    ref_loss = -np.mean(np.log(probs[np.arange(64), DATA.y_test]))
-    ref_acc = np.mean(probs.argmax(1) == DATA.y_test)
-    assert loss == pytest.approx(ref_loss, rel=1e-5) and acc == pytest.approx(ref_acc)
 
 
 def test_one_step_changes_weights_and_lowers_loss():
@@ -174,41 +146,6 @@ def test_reset_reproduces_a_fresh_trainer():
     fit(trainer, seed=0, log=lambda s: None)
     for x, y in zip(values(trainer.model), train_weights(0, build_seed=0), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
-
-
-def test_mirrored_two_replicas_equal_one_device():
-    """Same global batch on 1 and 2 replicas: gradients are summed over replicas and the loss is
-    divided by the global batch, so the weights must agree (a network without BN or dropout)."""
-    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-    assert len(cpus) == 2
-    mirrored = tf.distribute.MirroredStrategy(cpus)
-    config = TrainConfig(batch_size=64, max_epochs=3, patience=10, jit_compile=False)
-    results = []
-    for strategy in (tf.distribute.get_strategy(), mirrored):
-        trainer = Trainer(lambda: mlp(7), DATA, config, strategy=strategy)
-        history = fit(trainer, seed=0, log=lambda s: None).history
-        results.append((values(trainer.model), history[-1]["train_loss"]))
-    (w1, l1), (w2, l2) = results
-    for a, b in zip(w1, w2, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert l1 == pytest.approx(l2, rel=1e-5)
-    assert not np.allclose(w1[0], mlp(7).get_weights()[0])  # it did train
-
-
-def test_batch_must_split_over_replicas_and_the_split_is_logged():
-    mirrored = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
-    assert per_replica_batch(mirrored, 64) == 32
-    with pytest.raises(UsageError, match="multiple of 2"):
-        per_replica_batch(mirrored, 63)
-    assert worker(mirrored) == (0, 1) and is_chief(mirrored)
-    head, sb, lb = describe(mirrored, {"SB": 256, "LB": 6000}, bn="standard", ghost_batch_size=128)
-    assert "2 replica(s) on 1 worker(s)" in head
-    assert sb.startswith("  SB: global batch 256 = 2 x 128 per replica") and "ghost batches of 128" in sb
-    assert "ghost batches of 3000 (--bn_layer=sync for statistics over all 6000)" in lb
-    _, lb = describe(mirrored, {"LB": 6000}, bn="sync", ghost_batch_size=128)
-    assert "over the whole global batch of 6000" in lb
-    _, one = describe(tf.distribute.get_strategy(), {"SB": 256}, bn="ghost", ghost_batch_size=128)
-    assert "256 = 1 x 256 per replica; ghost BN over 128 examples" in one
 
 
 def test_paper_network_trains_on_a_tiny_set():

@@ -131,8 +131,9 @@ flags.DEFINE_float("label_smoothing", _OFF.label_smoothing, "Label smoothing s: 
                    upper_bound=1)
 flags.DEFINE_integer("diffusion_every", _OFF.diffusion_every, "Record ||w_t - w_0|| every N steps "
                      "(0: off).", lower_bound=0)
-flags.DEFINE_list("remedies", list(REGIMES), "Remedy regimes of --experiment=remedies, beside SB "
-                  "and LB (lbtf.remedies.REGIMES).")
+flags.DEFINE_list("remedies", ["ghost", "augment", "conservative", "adversarial", "sam"],
+                  f"Remedy regimes of --experiment=remedies, beside SB and LB, from "
+                  f"{', '.join(REGIMES)} (lbtf.remedies.REGIMES).")
 # Appendix C: the idealised performance model (--experiment=performance_model).
 flags.DEFINE_integer("perf_processors", 8, "P: processors (the model needs P < B_l).",
                      lower_bound=1)

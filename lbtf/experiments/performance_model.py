@@ -9,11 +9,11 @@ Fractional batch sizes are resolved against --perf_num_train (or the dataset's t
 from __future__ import annotations
 
 from lbtf import runs
+from lbtf.choices import resolve_batch_size
 from lbtf.errors import UsageError
 from lbtf.experiments import prepare, rundir
 from lbtf.experiments.config import Config
 from lbtf.performance import performance_model
-from lbtf.train import resolve_batch_size
 
 
 def run(cfg: Config, log=print):

@@ -7,11 +7,11 @@ import tensorflow as tf
 
 from lbtf import data as data_lib
 from lbtf import runs
+from lbtf.choices import resolve_batch_size
 from lbtf.distribute import describe, make_strategy, per_replica_batch
 from lbtf.errors import UsageError
 from lbtf.experiments.config import Config, DataConfig
 from lbtf.models import check_compatible
-from lbtf.train import resolve_batch_size
 
 
 def loader_options(data: DataConfig, *, seed: int) -> dict:

@@ -20,12 +20,17 @@ from lbtf import lbfgsb, runs
 from lbtf.distribute import is_chief, worker
 from lbtf.errors import UsageError
 from lbtf.experiments.config import Config
+from lbtf.experiments.flags import RENAMED
 
 
 def _differing(saved: str, current: str) -> list[str]:
-    parse = lambda text: dict(ln.partition("=")[::2] for ln in text.splitlines() if ln)  # noqa: E731
+    """The flags whose values differ between two flagfiles; a run folder saved under a flag's old
+    name (flags.RENAMED) compares under the new one."""
+    def parse(text: str) -> dict[str, str]:
+        pairs = (ln.lstrip("-").partition("=")[::2] for ln in text.splitlines() if ln)
+        return {RENAMED.get(k, k): v for k, v in pairs}
     a, b = parse(saved), parse(current)
-    return sorted(k.lstrip("-") for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def start_run(cfg: Config, experiment: str, strategy: tf.distribute.Strategy | None = None) -> Path:

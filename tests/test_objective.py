@@ -1,0 +1,72 @@
+"""The measured function f (lbtf.objective): gradients, inference mode, subsets, Keras 1's
+clipped loss, padded evaluation."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from nets import small_data, small_net
+
+from lbtf.objective import EvalSet, Objective, flat_weights, make_evaluator
+from lbtf.sharpness import keskar_sharpness
+
+
+def test_objective_matches_finite_differences():
+    model = small_net()
+    x, y = small_data()
+    obj = Objective(model, x, y, batch_size=16)  # 40 = 2 x 16 + 8: chunks of unequal size
+    w = flat_weights(model)
+    f, g = obj.value_and_gradient(w)
+    probs = model(x, training=False).numpy()
+    assert f == pytest.approx(-np.mean(np.log(probs[np.arange(40), y])), rel=1e-5)
+    d = np.random.default_rng(0).normal(size=w.shape)
+    h = 1e-3
+    fd = (obj.value_and_gradient(w + h * d)[0] - obj.value_and_gradient(w - h * d)[0]) / (2 * h)
+    assert g @ d == pytest.approx(fd, rel=2e-2)
+
+
+def test_inference_mode_and_weights_left_unchanged():
+    model = small_net(dropout=0.9)
+    x, y = small_data()
+    model(x, training=True)  # moving statistics away from their initial values
+    before = [v.numpy().copy() for v in model.variables]
+    res = keskar_sharpness(model, x, y, epsilon=1e-3)
+    probs = model(x, training=False).numpy()  # dropout off, moving statistics
+    assert res.f_x == pytest.approx(-np.mean(np.log(probs[np.arange(40), y])), rel=1e-5)
+    for a, b in zip(before, [v.numpy() for v in model.variables], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert res.value > 0 and "ABNORMAL" not in res.message
+
+
+def test_dataset_input_and_subset():
+    model = small_net()
+    x, y = small_data()
+    arrays = keskar_sharpness(model, x, y, epsilon=1e-3)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    assert keskar_sharpness(model, ds, None, epsilon=1e-3).value == pytest.approx(arrays.value)
+    sub = keskar_sharpness(model, x, y, epsilon=1e-3, num_examples=10, seed=1)
+    assert sub.num_examples == 10 and sub.f_x != pytest.approx(arrays.f_x)
+
+
+def test_clipped_loss_is_keras1_and_caps_every_example():
+    from lbtf.objective import clipped_cross_entropy
+
+    probs = np.array([[1.0, 0.0, 0.0], [0.2, 0.5, 0.3], [1e-12, 1 - 1e-12, 0.0]], np.float32)
+    y = np.array([1, 1, 0], np.int32)
+    c = 1e-7
+    got = clipped_cross_entropy(c)(tf.constant(y), tf.constant(probs)).numpy()
+    expected = -np.log(np.clip(probs[np.arange(3), y].astype(np.float64), c, 1 - c))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert got.max() == pytest.approx(-np.log(c), rel=1e-5)  # 16.118: the Keras 1 ceiling
+    with pytest.raises(ValueError, match="1e-7"):
+        clipped_cross_entropy(0.7)
+
+
+def test_evaluator_matches_numpy_with_padding():
+    model = small_net()
+    x, y = small_data(n=64)
+    split = EvalSet(x, y, batch_size=24)  # 64 = 2 x 24 + 16: padded
+    loss, acc = make_evaluator(model, jit_compile=True)(split)
+    probs = model(x).numpy()
+    ref_loss = -np.mean(np.log(probs[np.arange(64), y]))
+    ref_acc = np.mean(probs.argmax(1) == y)
+    assert loss == pytest.approx(ref_loss, rel=1e-5) and acc == pytest.approx(ref_acc)
