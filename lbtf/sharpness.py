@@ -198,10 +198,10 @@ def start_points(halfwidths: np.ndarray, starts: int, seed: int) -> list[np.ndar
                                           for _ in range(starts - 1)]
 
 
-def maximize_in_box(objective: Objective, x0: np.ndarray, halfwidths: np.ndarray,
+def maximize_in_box(objective: Objective, minimizer: np.ndarray, halfwidths: np.ndarray,
                     subspace: Subspace | None, maxiter: int, *, starts: int = 1, seed: int = 0):
-    """L-BFGS-B on -f(x0 + A y) over |y| <= halfwidths from each of `start_points`; returns
-    (the L-BFGS-B results, f(x0), the largest f seen, the index of the run that saw it).
+    """L-BFGS-B on -f(minimizer + A y) over |y| <= halfwidths from each of `start_points`; returns
+    (the L-BFGS-B results, f(minimizer), the largest f seen, the index of the run that saw it).
 
     The gradient handed to L-BFGS-B is -A^T grad f: the gradient of the minimised function. (Returning
     +grad f with -f, as a public implementation does, breaks the line search.)
@@ -209,7 +209,7 @@ def maximize_in_box(objective: Objective, x0: np.ndarray, halfwidths: np.ndarray
     seen: list[float] = []
 
     def negated(y: np.ndarray) -> tuple[float, np.ndarray]:
-        w = x0 + (y if subspace is None else subspace.matvec(y))
+        w = minimizer + (y if subspace is None else subspace.matvec(y))
         f, g = objective.value_and_gradient(w)
         seen.append(f)
         return -f, -(g if subspace is None else subspace.rmatvec(g))
@@ -246,28 +246,28 @@ def keskar_sharpness(model: keras.Model, x, y, *, epsilon: float, subspace_dim: 
     with weights_restored(model):
         objective = Objective(model, x, y, loss=loss, batch_size=batch_size,
                               jit_compile=jit_compile, strategy=strategy)
-        x0 = flat_weights(model)
+        minimizer = flat_weights(model)
         a = None
         if subspace is not None or subspace_dim is not None:
             p = subspace.shape[1] if subspace is not None else subspace_dim
-            a = Subspace(len(x0), p, seed=seed, matrix=subspace, memory_budget_mb=memory_budget_mb)
-        result = sharpness_at(objective, x0, epsilon=epsilon, subspace=a, maxiter=maxiter,
+            a = Subspace(len(minimizer), p, seed=seed, matrix=subspace, memory_budget_mb=memory_budget_mb)
+        result = sharpness_at(objective, minimizer, epsilon=epsilon, subspace=a, maxiter=maxiter,
                               starts=starts, seed=seed)
     return dataclasses.replace(result, seconds=time.perf_counter() - start)
 
 
-def sharpness_at(objective: Objective, x0: np.ndarray, *, epsilon: float,
+def sharpness_at(objective: Objective, minimizer: np.ndarray, *, epsilon: float,
                  subspace: Subspace | None = None, center: np.ndarray | None = None,
                  maxiter: int = 10, starts: int = 1, seed: int = 0) -> SharpnessResult:
-    """Metric 2.1 at flat weights x0 for a prepared objective and subspace (None: full space).
+    """Metric 2.1 at the flat weights `minimizer` for a prepared objective and subspace (None: full space).
 
-    `center` may pass a precomputed A+ x0, to share it between several epsilons. `nit` and `nfev`
+    `center` may pass a precomputed A+ minimizer, to share it between several epsilons. `nit` and `nfev`
     add up every start's; `message` and `success` are those of the run that found f_max.
     """
     start = time.perf_counter()
     if center is None:
-        center = x0 if subspace is None else subspace.pinv_apply(x0)
-    results, f_x, f_max, best = maximize_in_box(objective, x0, box_halfwidths(center, epsilon),
+        center = minimizer if subspace is None else subspace.pinv_apply(minimizer)
+    results, f_x, f_max, best = maximize_in_box(objective, minimizer, box_halfwidths(center, epsilon),
                                                 subspace, maxiter, starts=starts, seed=seed)
     return SharpnessResult(
         value=sharpness_value(f_x, f_max), f_x=f_x, f_max=f_max, epsilon=epsilon,

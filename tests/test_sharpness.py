@@ -108,9 +108,9 @@ def test_stop_at_start_is_flagged_and_random_starts_find_the_corners():
     for eps = 1 in four dimensions."""
     from lbtf.sharpness import sharpness_at
 
-    x0 = np.zeros(4)
-    one = sharpness_at(SquaredNorm(), x0, epsilon=1.0)
+    minimizer = np.zeros(4)
+    one = sharpness_at(SquaredNorm(), minimizer, epsilon=1.0)
     assert one.value == 0 and one.nit == 0 and one.stopped_at_start
-    three = sharpness_at(SquaredNorm(), x0, epsilon=1.0, starts=3, seed=5)
+    three = sharpness_at(SquaredNorm(), minimizer, epsilon=1.0, starts=3, seed=5)
     assert three.f_max == pytest.approx(4.0) and three.best_start in (1, 2)
     assert three.value == pytest.approx(sharpness_value(0.0, 4.0)) and three.stopped_at_start

@@ -7,7 +7,6 @@ import tensorflow as tf
 from nets import DATA, mlp, values
 
 from lbtf.checkpoints import checkpoint_at, kept_weights
-from lbtf.errors import UsageError
 from lbtf.models import build_model
 from lbtf.remedies import Remedies
 from lbtf.train import (
@@ -15,23 +14,9 @@ from lbtf.train import (
     Trainer,
     epoch_indices,
     fit,
-    parse_batch_size,
-    resolve_batch_size,
     restore_weights,
     should_stop,
 )
-
-
-def test_parse_and_resolve_batch_size():
-    assert parse_batch_size("256") == 256 and parse_batch_size("0.1") == 0.1
-    assert parse_batch_size("10%") == pytest.approx(0.1)
-    assert resolve_batch_size("0.1", 4000) == 400 and resolve_batch_size(64, 100) == 64
-    assert resolve_batch_size("1.0", 50) == 50
-    for bad in ("0", "-3", "0.0", "1.5", "abc", "150%"):
-        with pytest.raises(ValueError):
-            parse_batch_size(bad)
-    with pytest.raises(UsageError, match="exceeds the 100 training examples"):
-        resolve_batch_size(101, 100)
 
 
 def test_should_stop():

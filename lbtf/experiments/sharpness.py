@@ -109,17 +109,17 @@ def measure_minimizers(cfg: Config, data, minimizers: list[dict], *, strategy=No
 def _measure_one(cfg: Config, model, objectives: dict, subspace, checkpoint: str, labels: dict,
                  log) -> dict:
     load_weights(model, checkpoint, cfg.model.network)
-    x0 = flat_weights(model)
+    minimizer = flat_weights(model)
     spaces = [("full", None, None)]
     if subspace is not None:
-        spaces.append(("subspace", subspace, subspace.pinv_apply(x0)))
+        spaces.append(("subspace", subspace, subspace.pinv_apply(minimizer)))
     rows = []
     for mode, objective in objectives.items():
         how = {"bn": mode, "loss_clip": cfg.measure.loss_clip,
                "bn_chunk": objective.batch_size if mode == "batch" else None}
         for eps in (float(e) for e in cfg.measure.epsilons):
             for space, sub, center in spaces:
-                r = sharpness_at(objective, x0, epsilon=eps, subspace=sub, center=center,
+                r = sharpness_at(objective, minimizer, epsilon=eps, subspace=sub, center=center,
                                  maxiter=cfg.measure.sharpness_maxiter, starts=cfg.measure.sharpness_starts,
                                  seed=cfg.training.seed)
                 rows.append({**labels, "measure": "sharpness", "space": space, **how,
@@ -129,7 +129,7 @@ def _measure_one(cfg: Config, model, objectives: dict, subspace, checkpoint: str
                     f"{r.seconds:.1f}s; {r.message}"
                     + ("; STOPPED BEFORE ITS FIRST ITERATION" if r.stopped_at_start else "") + ")")
         if cfg.measure.hessian_k:
-            e = top_eigenvalues_at(objective, x0, k=cfg.measure.hessian_k, seed=cfg.training.seed)
+            e = top_eigenvalues_at(objective, minimizer, k=cfg.measure.hessian_k, seed=cfg.training.seed)
             rows.append({**labels, "measure": "hessian", "space": "full", **how,
                          "value": e.eigenvalues[0], "eigenvalues": e.eigenvalues,
                          "nfev": e.num_hvp, "num_examples": e.num_examples})
