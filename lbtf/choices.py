@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from lbtf.errors import UsageError
 
-NETWORKS = ("F1", "F2", "C1", "C2", "C3", "C4")
+KESKAR_NETWORKS = ("F1", "F2", "C1", "C2", "C3", "C4")  # Keskar et al., Appendix B
+HOFFER_NETWORKS = ("resnet44", "wrn16_4")                # Hoffer et al., Table 1
+NETWORKS = KESKAR_NETWORKS + HOFFER_NETWORKS
 VARIANTS = ("paper", "reference")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "slurm")
 PATHS = ("linear", "curvilinear")
@@ -14,6 +16,7 @@ BN_MODES = ("recompute", "interpolate")
 LR_SCALINGS = ("none", "sqrt", "linear")
 NORMALIZATIONS = ("standard", "ghost", "sync")
 MEASURE_BN = ("moving", "batch")        # BN during measurements (lbtf.bn)
+OPTIMIZERS = ("adam", "sgd")
 MEASURE_POINTS = ("best", "last")       # the epoch a run is measured at
 
 

@@ -46,6 +46,17 @@ class Dataset:
             x_test=self.x_test[:num_test], y_test=self.y_test[:num_test])
 
 
+    def standardized(self) -> Dataset:
+        """Both splits shifted and scaled by the training set's per-channel (last axis) mean and
+        standard deviation, so each channel of the training set has mean 0 and variance 1."""
+        axes = tuple(range(self.x_train.ndim - 1))
+        mean = self.x_train.mean(axes, dtype=np.float64)
+        std = self.x_train.std(axes, dtype=np.float64)
+        std = np.where(std > 0, std, 1.0)  # a constant channel stays 0
+        scale = lambda x: ((x - mean) / std).astype(np.float32)  # noqa: E731
+        return dataclasses.replace(self, x_train=scale(self.x_train), x_test=scale(self.x_test))
+
+
 def _finish(name: str, x_tr, y_tr, x_te, y_te, num_classes: int) -> Dataset:
     return Dataset(name, np.ascontiguousarray(x_tr, np.float32), np.asarray(y_tr, np.int32),
                    np.ascontiguousarray(x_te, np.float32), np.asarray(y_te, np.int32), num_classes)

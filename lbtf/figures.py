@@ -167,10 +167,12 @@ def diffusion(table: pd.DataFrame, *, title: str) -> plt.Figure:
     """Hoffer et al.'s ultra-slow diffusion: ||w_t - w_0|| against log t, one line per regime.
     table: regime, diffusion (a list of (step, distance))."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for r in table.itertuples():
+    colors = plt.get_cmap("tab10").colors
+    for i, r in enumerate(table.itertuples()):  # one colour and line style per curve
         if len(r.diffusion):
             steps, dist = zip(*r.diffusion, strict=True)
-            ax.plot(steps, dist, label=r.regime, color=REGIME_COLORS.get(r.regime))
+            ax.plot(steps, dist, label=r.regime, color=colors[i % len(colors)],
+                    linestyle=EPS_STYLES[i // len(colors) % len(EPS_STYLES)])
     ax.set(xscale="log", xlabel="Training steps t", ylabel="‖w_t − w_0‖", title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

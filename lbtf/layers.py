@@ -106,13 +106,17 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
         return {**super().get_config(), "virtual_batch_size": self.virtual_batch_size}
 
 
-def norm_layer(kind: str, *, virtual_batch_size: int = 128):
+def norm_layer(kind: str, *, virtual_batch_size: int = 128, momentum: float = 0.99):
     """A factory for models.build_model(norm=...): 'standard' (Keras BN, per replica), 'ghost'
-    (GhostBatchNormalization) or 'sync' (BN statistics all-reduced over replicas)."""
+    (GhostBatchNormalization) or 'sync' (BN statistics all-reduced over replicas). `momentum` is
+    Keras' (moving = momentum x moving + (1 - momentum) x batch): PyTorch's 0.1 is Keras' 0.9."""
     if kind == "standard":
-        return keras.layers.BatchNormalization
+        return (keras.layers.BatchNormalization if momentum == 0.99 else
+                functools.partial(keras.layers.BatchNormalization, momentum=momentum))
     if kind == "ghost":
-        return functools.partial(GhostBatchNormalization, virtual_batch_size=virtual_batch_size)
+        return functools.partial(GhostBatchNormalization, virtual_batch_size=virtual_batch_size,
+                                 momentum=momentum)
     if kind == "sync":
-        return functools.partial(keras.layers.BatchNormalization, synchronized=True)
+        return functools.partial(keras.layers.BatchNormalization, synchronized=True,
+                                 momentum=momentum)
     raise ValueError(f"unknown normalisation {kind!r}; choose standard, ghost or sync")

@@ -1,4 +1,5 @@
-"""The six networks of Keskar et al. (2017), Appendix B, as Keras 3 builders.
+"""The six networks of Keskar et al. (2017), Appendix B, and the two residual networks of Hoffer et
+al. (2017), Table 1, as Keras 3 builders.
 
 Two readings are offered (`variant`):
 - "paper": the text of Appendix B. C1/C3: 2 x [conv 64 5x5 stride 2 'same' -> BN -> ReLU ->
@@ -12,6 +13,13 @@ Two readings are offered (`variant`):
   at test time; lbtf always uses moving statistics at inference, in both variants.
 F1 and F2 are the same in both variants. Pooling uses 'same' padding so that small images (8x8
 digits) pass through every network. Layer order is always conv/dense -> BN -> ReLU (-> Dropout).
+
+resnet44 (He et al.'s CIFAR ResNet, as Hoffer et al.'s code builds it): a 3x3 stem of 16 channels,
+three stages of 7 post-activation basic blocks (conv-BN-ReLU-conv-BN, add, ReLU) of widths 16, 32,
+64 and strides 1, 2, 2, a 1x1 conv + BN shortcut where the shape changes, global average pooling.
+wrn16_4: the same blocks, 2 per stage, widths 64, 128, 256; its stem has 16 channels in "paper"
+(Zagoruyko and Komodakis) and 64 in "reference" (Hoffer et al.'s code). Convolutions have no bias
+(BN follows) and He-normal weights over the fan-out, as in both codes.
 """
 
 from __future__ import annotations
@@ -21,12 +29,16 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
-from lbtf.choices import NETWORKS, VARIANTS  # noqa: F401  (re-exported)
+from lbtf.choices import HOFFER_NETWORKS, KESKAR_NETWORKS, NETWORKS, VARIANTS  # noqa: F401
 from lbtf.errors import UsageError
 
 # The dataset each network is trained on in the paper (Table 1).
 PAPER_DATASET = {"F1": "mnist", "F2": "timit", "C1": "cifar10", "C2": "cifar10",
-                 "C3": "cifar100", "C4": "cifar100"}
+                 "C3": "cifar100", "C4": "cifar100", "resnet44": "cifar10", "wrn16_4": "cifar100"}
+IMAGE_NETWORKS = ("C1", "C2", "C3", "C4", *HOFFER_NETWORKS)
+# (blocks per stage, widths, stem channels per variant) of the residual networks.
+RESIDUAL = {"resnet44": (7, (16, 32, 64), {"paper": 16, "reference": 16}),
+            "wrn16_4": (2, (64, 128, 256), {"paper": 16, "reference": 64})}
 VGG_STACKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 
 NormFactory = Callable[[], layers.Layer]
@@ -77,11 +89,38 @@ def _deep_conv(x, variant: str, norm: NormFactory):
     return _dense_block(x, 512, norm, dropout=0.5)
 
 
+def _conv(filters: int, kernel: int, strides: int = 1):
+    # He et al.'s initialisation over the fan-out, untruncated, as both residual codes draw it.
+    init = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+    return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                         kernel_initializer=init)
+
+
+def _basic_block(x, filters: int, strides: int, norm: NormFactory):
+    """conv-BN-ReLU-conv-BN plus the shortcut (1x1 conv + BN where the shape changes), ReLU."""
+    y = _bn_relu(_conv(filters, 3, strides)(x), norm)
+    y = norm()(_conv(filters, 3)(y))
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = norm()(_conv(filters, 1, strides)(x))
+    return layers.ReLU()(layers.Add()([y, shortcut]))
+
+
+def _residual(x, name: str, variant: str, norm: NormFactory):
+    """resnet44 / wrn16_4: stem, three stages of basic blocks, global average pooling."""
+    blocks, widths, stem = RESIDUAL[name]
+    x = _bn_relu(_conv(stem[variant], 3)(x), norm)
+    for stage, filters in enumerate(widths):
+        for b in range(blocks):
+            x = _basic_block(x, filters, 2 if stage and not b else 1, norm)
+    return layers.GlobalAveragePooling2D()(x)
+
+
 def check_compatible(name: str, input_shape: tuple[int, ...]) -> None:
     """Raises a UsageError when `name` is unknown or cannot take inputs of `input_shape`."""
     if name not in NETWORKS:
         raise UsageError(f"unknown network {name!r}; choose one of {', '.join(NETWORKS)}")
-    if name.startswith("C") and len(input_shape) != 3:
+    if name in IMAGE_NETWORKS and len(input_shape) != 3:
         raise UsageError(f"network {name} needs image inputs (height, width, channels) but the "
                          f"dataset's inputs have shape {tuple(input_shape)}; use F1/F2 or an image "
                          "dataset (cluttered_digits, digits, mnist, cifar10, cifar100)")
@@ -89,7 +128,7 @@ def check_compatible(name: str, input_shape: tuple[int, ...]) -> None:
 
 def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
                 variant: str = "paper", norm: NormFactory | None = None) -> keras.Model:
-    """Builds network `name` (F1..C4) for the given input shape and class count.
+    """Builds network `name` (F1..C4, resnet44, wrn16_4) for the given input shape and class count.
 
     `norm` makes the normalisation layer (default: Keras BatchNormalization); the output layer is a
     dense softmax, never normalised. Weights are drawn from Keras' global seed
@@ -104,8 +143,10 @@ def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
         x = _fully_connected(inputs, 5 if name == "F1" else 7, norm)
     elif name in ("C1", "C3"):
         x = _shallow_conv(inputs, variant, norm)
-    else:
+    elif name in ("C2", "C4"):
         x = _deep_conv(inputs, variant, norm)
+    else:
+        x = _residual(inputs, name, variant, norm)
     outputs = layers.Dense(num_classes, activation="softmax")(x)
     return keras.Model(inputs, outputs, name=f"{name}_{variant}")
 

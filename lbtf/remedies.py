@@ -26,7 +26,6 @@ import numpy as np
 from lbtf.choices import LR_SCALINGS, NORMALIZATIONS  # noqa: F401  (re-exported)
 
 if TYPE_CHECKING:
-    import keras
     import tensorflow as tf
 
 
@@ -141,18 +140,3 @@ def diffusion_fit(steps: Sequence[int], distances: Sequence[float]) -> dict:
     total = np.sum((d - d.mean()) ** 2)
     return {"slope": float(a), "intercept": float(b),
             "r2": float(1 - np.sum(resid ** 2) / total) if total > 0 else 1.0}
-
-
-def augmentation(*, rotation_degrees: float = 10.0, translation: float = 0.1,
-                 flip: bool = True, seed: int = 0) -> keras.Sequential:
-    """Appendix E's on-the-fly augmentation for images: random rotations, translations and
-    horizontal reflections (Keras preprocessing layers, active only with training=True)."""
-    import keras
-
-    layers = [keras.layers.RandomRotation(rotation_degrees / 360.0, fill_mode="constant",
-                                          seed=seed),
-              keras.layers.RandomTranslation(translation, translation, fill_mode="constant",
-                                             seed=seed + 1)]
-    if flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed + 2))
-    return keras.Sequential(layers, name="augmentation")

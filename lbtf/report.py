@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lbtf.choices import NETWORKS
+from lbtf.choices import KESKAR_NETWORKS
 
 # Keskar et al. (2017), Table 2: accuracy in percent, (mean, std) over 5 trials.
 PAPER_TABLE2 = {
@@ -71,10 +71,10 @@ PAPER_DATASET_NOTE = {"F1": "MNIST", "F2": "TIMIT", "C1": "CIFAR-10", "C2": "CIF
 
 def _paper_sharpness(rows: dict[str, list[tuple[float, float]]]) -> dict:
     """{network: {(eps, regime): (mean, std)}} from per-column lists in F1..C4 order."""
-    out: dict = {n: {} for n in NETWORKS}
+    out: dict = {n: {} for n in KESKAR_NETWORKS}
     for column, cells in rows.items():
         eps, regime = column.split()
-        for net, cell in zip(NETWORKS, cells, strict=True):
+        for net, cell in zip(KESKAR_NETWORKS, cells, strict=True):
             out[net][(float(eps), regime)] = cell
     return out
 
@@ -199,3 +199,31 @@ def sharpness_columns(sharpness: pd.DataFrame, index: str) -> pd.DataFrame:
                                  aggfunc="mean")
     wide.columns = [f"sharpness {s} ε={e:g}" for s, e in wide.columns]
     return wide
+
+
+# Hoffer et al. (2017), Table 1: top-1 test accuracy (%), LB 4096 with ghost batches of 128; the
+# columns are cumulative (+LR: sqrt lr scaling; +GBN: and ghost BN; +RA: and regime adaptation).
+# From the authors' NeurIPS 2017 poster. "VGG" is run as C2 (not in the authors' public code).
+HOFFER_COLUMNS = ("SB", "LB", "+LR", "+GBN", "+RA")
+PAPER_HOFFER_TABLE1 = {
+    "F1": ("MNIST", (98.27, 97.05, 97.55, 97.60, 98.53)),
+    "C1": ("CIFAR-10", (87.80, 83.95, 86.15, 86.4, 88.20)),
+    "resnet44": ("CIFAR-10", (92.83, 86.10, 89.30, 90.50, 93.07)),
+    "C2": ("CIFAR-10", (92.30, 84.1, 88.6, 91.50, 93.03)),
+    "C3": ("CIFAR-100", (61.25, 51.50, 57.38, 57.5, 63.20)),
+    "wrn16_4": ("CIFAR-100", (73.70, 68.15, 69.05, 71.20, 73.57)),
+}
+
+
+def hoffer_table_markdown(trained: pd.DataFrame, *, network: str, dataset: str) -> str:
+    """Table 1 analogue: test accuracy per column, mean ± std over trials (runs that diverged
+    left out), beside the paper's row for the network."""
+    cells = {}
+    for column, g in trained.groupby("regime", sort=False):
+        cells[column] = fmt(*mean_std(100 * g.test_acc)) if len(g) else "–"
+    rows = [{"": f"lbtf, {network} on {dataset}", **{c: cells.get(c, "–") for c in HOFFER_COLUMNS}}]
+    if network in PAPER_HOFFER_TABLE1:
+        data, values = PAPER_HOFFER_TABLE1[network]
+        rows.append({"": f"paper, {network} on {data}",
+                     **{c: f"{v:.2f}" for c, v in zip(HOFFER_COLUMNS, values, strict=True)}})
+    return pd.DataFrame(rows).to_markdown(index=False)

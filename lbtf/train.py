@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lbtf import remedies
+from lbtf import augment, remedies
 from lbtf.bn import BatchNormEstimator, bn_layers, population_pass
 from lbtf.checkpoints import Checkpoints, keep_weights, restore_weights  # noqa: F401
 from lbtf.choices import parse_batch_size, resolve_batch_size  # noqa: F401  (re-exported)
@@ -26,6 +26,7 @@ from lbtf.data import Dataset
 from lbtf.distribute import split_columns, worker
 from lbtf.objective import EvalSet, make_evaluator
 from lbtf.objective import default_loss as per_example_loss
+from lbtf.optim import global_gradients, learning_rate_schedule, make_optimizer
 from lbtf.remedies import Remedies
 
 
@@ -42,8 +43,13 @@ class TrainConfig:
     checkpoint_every: int = 0         # also keep every N-th epoch's weights (0: only those read
                                       # back: the start, the lowest training loss, the last)
     resume_interval: float = 30.0     # seconds between resume checkpoints (0: after every epoch)
-    lr_milestones: tuple[int, ...] = ()  # epochs at which the learning rate is multiplied by
-    lr_decay: float = 0.1                # lr_decay
+    optimizer: str = "adam"           # "adam" (Keskar et al.) or "sgd" (Hoffer et al.)
+    momentum: float = 0.0             # SGD's momentum
+    weight_decay: float = 0.0         # L2: weight_decay * w added to the clipped gradient
+    lr_milestones: tuple[int, ...] = ()  # epochs at which the learning rate changes: to
+    lr_values: tuple[float, ...] = ()    # these values (one per milestone), or else times
+    lr_decay: float = 0.1                # lr_decay at each
+    crop_flip_pad: int = 0            # pad, crop back at random, flip (CIFAR: 4; 0: off)
     # The remedies this trainer applies in its step (lr scaling and regime adaptation are already
     # in learning_rate, max_epochs, patience and lr_milestones); all off by default.
     remedies: Remedies = Remedies()
@@ -103,14 +109,16 @@ class Trainer:
         remedy = config.remedies
         with self.strategy.scope():
             self.model = build()
-            self.optimizer = keras.optimizers.Adam(self._learning_rate(),
-                                                   global_clipnorm=remedy.clip_norm or None)
+            self.optimizer = make_optimizer(config.optimizer, self._learning_rate(),
+                                            momentum=config.momentum)
             # Slots must exist before the first traced step: created lazily inside a graph, they
             # break under MirroredStrategy.
             self.optimizer.build(self.model.trainable_variables)
             self._anchors = ([tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
                              if remedy.conservative_lambda else [])
-        self._augment = remedies.augmentation(seed=config.seed) if remedy.augment else None
+        self._augment = augment.pipeline(
+            keskar=remedy.augment, seed=config.seed,
+            crop_flip_pad=config.crop_flip_pad)
         # w_0 of ||w_t - w_0||, kept as variables so a resumed run measures from the same start.
         self._w0 = [tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
         # BN moving statistics, kept by SAM's second pass.
@@ -119,10 +127,10 @@ class Trainer:
         self._fresh_optimizer = [v.numpy() for v in self.optimizer.variables]
         self._x = tf.constant(data.x_train)
         self._y = tf.constant(data.y_train)
-        # Keras' image transforms (ImageProjectiveTransform) have no XLA kernel: augmented training
-        # runs the loop as a plain graph.
+        # Appendix E's image transforms have no XLA kernel: such training runs as a plain graph.
         self._loop = tf.function(self._run_steps,
-                                 jit_compile=config.jit_compile and single and not remedy.augment)
+                                 jit_compile=config.jit_compile and single
+                                 and augment.jit_compatible(self._augment))
         self.evaluate = make_evaluator(self.model, config.jit_compile and single)
         self.eval_sets = {"train": EvalSet(data.x_train, data.y_train, config.eval_batch_size),
                           "test": EvalSet(data.x_test, data.y_test, config.eval_batch_size)}
@@ -150,14 +158,14 @@ class Trainer:
                                   jit_compile=jit_compile)
 
     def _learning_rate(self):
-        """The constant learning rate, or a piecewise-constant schedule over steps."""
+        """The constant learning rate, or a step schedule over optimizer iterations (conservative
+        training makes conservative_steps iterations per batch)."""
         cfg = self.config
-        if not cfg.lr_milestones:
-            return cfg.learning_rate
-        steps = self.data.num_train // cfg.batch_size
-        return keras.optimizers.schedules.PiecewiseConstantDecay(
-            [m * steps for m in cfg.lr_milestones],
-            [cfg.learning_rate * cfg.lr_decay ** i for i in range(len(cfg.lr_milestones) + 1)])
+        per_batch = cfg.remedies.conservative_steps if cfg.remedies.conservative_lambda else 1
+        return learning_rate_schedule(cfg.learning_rate, milestones=cfg.lr_milestones,
+                                      values=cfg.lr_values, decay=cfg.lr_decay,
+                                      steps_per_epoch=self.data.num_train // cfg.batch_size
+                                      * per_batch)
 
     def _start_diffusion(self) -> None:
         self.diffusion: list[tuple[int, float]] = []
@@ -257,6 +265,8 @@ class Trainer:
             grads, loss = self._gradients(xb, yb)
             if self.config.remedies.sam_rho:
                 grads = self._sam_gradients(xb, yb, grads)
+            grads = global_gradients(grads, variables, clip_norm=self.config.remedies.clip_norm,
+                                     weight_decay=self.config.weight_decay)
             self.optimizer.apply_gradients(zip(grads, variables, strict=True))
             first = loss if first is None else first
         return first

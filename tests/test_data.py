@@ -120,3 +120,17 @@ def test_cluttered_digits_are_seeded_cached_and_learnable_but_not_easy(tmp_path)
     linear = LogisticRegression(max_iter=300).fit(a.x_train.reshape(800, -1), a.y_train)
     acc = linear.score(a.x_test.reshape(200, -1), a.y_test)
     assert 0.2 < acc < 0.8, acc
+
+
+def test_standardized_uses_the_training_sets_channel_statistics():
+    from lbtf.data import Dataset
+
+    rng = np.random.default_rng(0)
+    x_tr = rng.normal([1.0, -2.0, 5.0], [0.5, 2.0, 1.0], size=(200, 4, 4, 3)).astype(np.float32)
+    x_te = rng.normal(size=(10, 4, 4, 3)).astype(np.float32)
+    ds = Dataset("d", x_tr, np.zeros(200, np.int32), x_te, np.zeros(10, np.int32), 2).standardized()
+    np.testing.assert_allclose(ds.x_train.mean((0, 1, 2)), 0, atol=1e-5)
+    np.testing.assert_allclose(ds.x_train.std((0, 1, 2)), 1, rtol=1e-4)
+    # The test split moves by the training set's statistics, not its own.
+    mean, std = x_tr.mean((0, 1, 2)), x_tr.std((0, 1, 2))
+    np.testing.assert_allclose(ds.x_test, (x_te - mean) / std, rtol=1e-4, atol=1e-5)

@@ -131,3 +131,46 @@ def test_remedies_and_performance_model(data_dir, tmp_path):
                   f"--output_dir={out}", f"--data_dir={data_dir}", "--mnist1d_samples=500",
                   "--perf_num_train=50000")
     assert "I_l < 500 iterations" in log and "speed-up of LB over SB 2x" in log
+
+
+def test_hoffer_columns_train_as_the_table_says():
+    from lbtf.experiments.config import override
+    from lbtf.experiments.flags import parse
+    from lbtf.experiments.hoffer import COLUMNS, authors_way
+    from lbtf.experiments.training import training_config
+
+    cfg = authors_way(parse(["--experiment=hoffer", "--optimizer=sgd", "--learning_rate=0.1",
+                             "--lr_milestones=10,20", "--lr_values=0.01,0.001",
+                             "--max_epochs=30", "--lr_reference_batch=128"]))
+    batches = {"SB": 128, "LB": 4096}  # 32 x B_ref: sqrt scaling x sqrt(32), adaptation x 32
+    got = {}
+    for name, (batch, changes) in COLUMNS.items():
+        column = override(cfg, changes)
+        t = training_config(column, batches[batch])
+        got[name] = (t.learning_rate, t.lr_values, t.max_epochs, t.lr_milestones,
+                     column.model.bn_layer)
+        assert t.bn_eval == "moving" and t.patience > t.max_epochs  # the whole budget, always
+    s = 32 ** 0.5
+    assert got["SB"] == got["LB"] == (0.1, (0.01, 0.001), 30, (10, 20), "standard")
+    assert (got["+LR"][0], *got["+LR"][1]) == pytest.approx((0.1 * s, 0.01 * s, 0.001 * s))
+    assert got["+GBN"][2:] == (30, (10, 20), "ghost")
+    assert got["+RA"][2:] == (960, (320, 640), "ghost") and got["+RA"][0] == pytest.approx(0.1 * s)
+    assert cfg.measure.measure_point == "last"
+
+
+def test_hoffer_table_end_to_end(data_dir, tmp_path):
+    log = run_ok("--experiment=hoffer", "--optimizer=sgd", "--learning_rate=0.05",
+                 "--momentum=0.9", "--weight_decay=1e-4", "--clip_norm=5", "--bn_momentum=0.9",
+                 "--lr_milestones=1", "--lr_values=0.005", "--sb_batch_size=50",
+                 "--lb_batch_size=200", "--ghost_batch_size=50", "--lr_reference_batch=50",
+                 "--run_name=h", f"--data_dir={data_dir}", f"--output_dir={tmp_path}", *BASE)
+    results = results_of(tmp_path / "h")
+    runs = pd.DataFrame(results["runs"]).set_index("regime")
+    assert list(runs.index) == ["SB", "LB", "+LR", "+GBN", "+RA"]
+    # Fixed budgets: 2 epochs, and 2 x 200 / 50 = 8 with regime adaptation; measured at the last.
+    assert list(runs.epochs) == [2, 2, 2, 2, 8] and (runs.measured_epoch == runs.epochs).all()
+    assert runs.learning_rate["+LR"] == pytest.approx(0.1) and runs.learning_rate["LB"] == 0.05
+    assert results["paper"][0] == "MNIST" and "| paper, F1 on MNIST" in log
+    report = (tmp_path / "h" / "report.md").read_text()
+    assert "98.27" in report and (tmp_path / "h" / "diffusion.png").is_file()
+    assert all(len(d) > 0 for d in runs.diffusion)

@@ -57,6 +57,15 @@ def test_batch_sweep_averages_trials_per_batch_size():
     plt.close(fig)
 
 
+def test_diffusion_gives_every_curve_its_own_colour():
+    table = pd.DataFrame({"regime": ["SB", "LB", "LB+ghost", "LB+sam"],
+                          "diffusion": [[(1, 0.1), (10, 0.5)]] * 4})
+    fig = figures.diffusion(table, title="t")
+    styles = {(str(ln.get_color()), ln.get_linestyle()) for ln in fig.axes[0].get_lines()}
+    assert len(styles) == 4 and fig.axes[0].get_xscale() == "log"
+    plt.close(fig)
+
+
 def test_save_writes_png_and_pdf_and_embeds_the_png(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])

@@ -7,16 +7,17 @@ import pytest
 from absl import flags
 
 import lbtf.experiments.flags  # noqa: F401  (defines the flags)
-from lbtf.models import NETWORKS, PAPER_DATASET
+from lbtf.models import KESKAR_NETWORKS, PAPER_DATASET
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGFILES = sorted((REPO / "flags").glob("*.flags"))
 # Paper artifact -> (experiment that produces it, networks the paper shows it for).
-ARTIFACTS = {"table2": ("table2", NETWORKS), "table3": ("table2", NETWORKS),
-             "table4": ("table2", NETWORKS), "figure2": ("table2", ("F2", "C1")),
-             "figure3": ("table2", NETWORKS), "figure7": ("table2", NETWORKS),
+ARTIFACTS = {"table2": ("table2", KESKAR_NETWORKS), "table3": ("table2", KESKAR_NETWORKS),
+             "table4": ("table2", KESKAR_NETWORKS), "figure2": ("table2", ("F2", "C1")),
+             "figure3": ("table2", KESKAR_NETWORKS), "figure7": ("table2", KESKAR_NETWORKS),
              "figure4": ("batch_sweep", ("F2", "C1")), "figure5": ("warm_start", ("F2", "C1")),
-             "figure6": ("trajectory", ("F2", "C1")), "remedies": ("remedies", NETWORKS)}
+             "figure6": ("trajectory", ("F2", "C1")), "remedies": ("remedies", KESKAR_NETWORKS),
+             "hoffer": ("hoffer", ("F1", "C1", "resnet44", "C2", "C3", "wrn16_4"))}
 
 
 @pytest.fixture()
@@ -36,15 +37,16 @@ def test_every_artifact_has_a_paper_and_a_cpu_flagfile_per_network():
 @pytest.mark.parametrize("path", FLAGFILES, ids=lambda p: p.name)
 def test_flagfile_parses(path, fresh_flags):
     fresh_flags(["run_experiments.py", f"--flagfile={path}"])
-    artifact, network = path.stem.split("_")[:2]
+    artifact, _, network = path.stem.removesuffix("_cpu").partition("_")
     assert fresh_flags.experiment == ARTIFACTS[artifact][0] and fresh_flags.network == network
     batches = (fresh_flags.sb_batch_size, fresh_flags.lb_batch_size)
+    hoffer = artifact == "hoffer"  # Hoffer et al.: SB 128, LB 4096; the twins keep the ratio 32
     if path.stem.endswith("_cpu"):
         # Embedded data, no download; one batch rule for every twin: SB 32 and LB 10%.
         assert fresh_flags.dataset == ("mnist1d" if network.startswith("F") else "cluttered_digits")
-        assert batches == ("32", "0.1")
+        assert batches == (("32", "1024") if hoffer else ("32", "0.1"))
     else:
-        assert batches == ("256", "0.1")
+        assert batches == (("128", "4096") if hoffer else ("256", "0.1"))
         assert fresh_flags.dataset == PAPER_DATASET[network]
         assert list(fresh_flags.epsilons) == ["1e-3", "5e-4"]
         assert fresh_flags.sharpness_maxiter == 10

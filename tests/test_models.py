@@ -1,4 +1,4 @@
-"""The six networks: exact parameter counts (derived by hand below), output shapes, bad input."""
+"""The eight networks: exact parameter counts (derived by hand below), output shapes, bad input."""
 
 import pytest
 
@@ -40,6 +40,24 @@ def vgg_counts(channels, classes, flat):
     return trainable, trainable + sum(2 * c for c in norm)
 
 
+def residual_counts(blocks, widths, stem, channels, classes):
+    """Bias-free 3x3 convs, a BN after each, 1x1 conv + BN shortcuts where the width or the
+    resolution changes, global average pooling, dense softmax."""
+    convs = [3 * 3 * channels * stem]
+    norm = [stem]
+    c_in = stem
+    for stage, w in enumerate(widths):
+        for b in range(blocks):
+            convs += [3 * 3 * c_in * w, 3 * 3 * w * w]
+            norm += [w, w]
+            if c_in != w or (stage and not b):
+                convs.append(c_in * w)
+                norm.append(w)
+            c_in = w
+    trainable = sum(convs) + sum(2 * c for c in norm) + dense(widths[-1], classes)
+    return trainable, trainable + sum(2 * c for c in norm)
+
+
 # Paper datasets. Paper C1 on 32x32: conv s2 -> 16, pool 3 -> 6, conv s2 -> 3, pool 3 -> 1.
 # Reference C1: conv s1 -> 32, pool s2 -> 16, conv -> 16, pool -> 8. VGG: 32 -> 1 after 5 pools.
 EXPECTED = {
@@ -51,9 +69,13 @@ EXPECTED = {
     ("C3", "reference"): shallow_counts(3, 100, 8 * 8 * 64),
     ("C2", "any"): vgg_counts(3, 10, 512),
     ("C4", "any"): vgg_counts(3, 100, 512),
+    ("resnet44", "any"): residual_counts(7, (16, 32, 64), 16, 3, 10),
+    ("wrn16_4", "paper"): residual_counts(2, (64, 128, 256), 16, 3, 100),
+    ("wrn16_4", "reference"): residual_counts(2, (64, 128, 256), 64, 3, 100),
 }
 SHAPES = {"F1": ((28, 28, 1), 10), "F2": ((360,), 1973), "C1": ((32, 32, 3), 10),
-          "C2": ((32, 32, 3), 10), "C3": ((32, 32, 3), 100), "C4": ((32, 32, 3), 100)}
+          "C2": ((32, 32, 3), 10), "C3": ((32, 32, 3), 100), "C4": ((32, 32, 3), 100),
+          "resnet44": ((32, 32, 3), 10), "wrn16_4": ((32, 32, 3), 100)}
 
 
 def expected(net, variant):
@@ -78,6 +100,10 @@ def test_published_counts_are_pinned():
     assert fc_counts(784, 5, 10) == (1462794, 1467914)
     assert shallow_counts(3, 10, 64) == (209546, 210954)
     assert vgg_counts(3, 10, 512) == (14991946, 15001418)
+    # He et al. quote 0.66M for ResNet-44; Zagoruyko and Komodakis 2.7M for WRN-16-4.
+    assert residual_counts(7, (16, 32, 64), 16, 3, 10) == (661338, 664698)
+    assert residual_counts(2, (64, 128, 256), 16, 3, 100) == (2772916, 2777428)
+    assert residual_counts(2, (64, 128, 256), 64, 3, 100) == (2800804, 2805284)
 
 
 def test_reference_c2_adds_dropout_only():

@@ -166,14 +166,3 @@ def test_sam_updates_bn_statistics_once_per_step():
     for a, b in zip(*stats, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     assert not np.allclose(stats[0][1], 1.0)  # the statistics did move
-
-
-def test_augmentation_changes_images_only_in_training():
-    from lbtf.data import load_digits
-
-    data = load_digits()
-    augment = remedies.augmentation(seed=0)
-    x = data.x_train[:16]
-    assert augment(x, training=True).shape == x.shape
-    assert not np.allclose(augment(x, training=True), x)
-    np.testing.assert_array_equal(augment(x, training=False), x)

@@ -34,6 +34,8 @@ class DataConfig:
     data_dir: str | None
     mnist1d_samples: int
     tfds_download: bool
+    normalize: bool
+    crop_flip_pad: int
     timit_path: str | None
     synthetic_shape: tuple[int, ...]
     synthetic_classes: int
@@ -47,6 +49,7 @@ class ModelConfig:
     arch_variant: str
     bn_layer: str
     ghost_batch_size: int
+    bn_momentum: float
 
 
 @_frozen
@@ -55,12 +58,16 @@ class TrainingConfig:
     sb_batch_size: int | float
     lb_batch_size: int | float
     learning_rate: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
     trials: int
     seed: int
     max_epochs: int
     patience: int
     min_delta: float
     lr_milestones: tuple[int, ...]
+    lr_values: tuple[float, ...]
     lr_decay: float
     steps_per_loop: int
     eval_batch_size: int
@@ -137,6 +144,7 @@ _CONVERT = {
     "batch_sizes": lambda v: tuple(parse_batch_size(b) for b in v),
     "lr_milestones": lambda v: tuple(int(m) for m in v),
     "epsilons": lambda v: tuple(float(e) for e in v),
+    "lr_values": lambda v: tuple(float(e) for e in v),
 }
 
 

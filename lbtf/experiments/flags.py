@@ -15,6 +15,7 @@ from lbtf.choices import (
     MEASURE_POINTS,
     NETWORKS,
     NORMALIZATIONS,
+    OPTIMIZERS,
     PATHS,
     STRATEGIES,
     VARIANTS,
@@ -24,7 +25,7 @@ from lbtf.data import LOADERS
 from lbtf.remedies import REGIMES, Remedies
 
 EXPERIMENTS = ("table2", "train", "sharpness", "batch_sweep", "warm_start", "trajectory",
-               "remedies", "performance_model", "info")
+               "remedies", "hoffer", "performance_model", "info")
 
 # What to run.
 flags.DEFINE_enum("experiment", "table2", EXPERIMENTS,
@@ -35,8 +36,10 @@ flags.DEFINE_enum("experiment", "table2", EXPERIMENTS,
                   "SB iterates (Figure 5); trajectory: sharpness against training loss along SB "
                   "and LB runs (Figure 6); remedies: SB, LB and LB with each remedy (ghost BN + "
                   "sqrt lr + regime adaptation, augmentation, conservative, adversarial, SAM); "
+                  "hoffer: Hoffer et al.'s Table 1 (SB, LB, +LR, +GBN, +RA, fixed budgets); "
                   "performance_model: Appendix C's calculator; info: the six networks' sizes.")
-flags.DEFINE_enum("network", "F1", NETWORKS, "Network of Keskar et al., Appendix B.")
+flags.DEFINE_enum("network", "F1", NETWORKS, "Network: Keskar et al.'s Appendix B (F1-C4) or "
+                  "Hoffer et al.'s residual networks (resnet44, wrn16_4).")
 flags.DEFINE_enum("arch_variant", "paper", VARIANTS,
                   "paper: Appendix B as written; reference: the authors' released code.")
 # Data.
@@ -46,6 +49,12 @@ flags.DEFINE_string("data_dir", None, "Data root: tfds data and the MNIST-1D cac
 flags.DEFINE_integer("mnist1d_samples", 5000, "MNIST-1D samples (80% train, 20% test).",
                      lower_bound=100)
 flags.DEFINE_boolean("tfds_download", True, "Let tensorflow-datasets fetch missing data.")
+flags.DEFINE_boolean("normalize", False, "Standardise every input channel by the training set's "
+                     "mean and std (Hoffer et al.'s CIFAR input).")
+flags.DEFINE_integer("crop_flip_pad", 0, "Augmentation in the training step, per image: pad "
+                     "this many pixels, crop back at a random offset, flip horizontally (0: off; "
+                     "Hoffer et al.'s CIFAR loader: 4, their MNIST loader: 2; images only).",
+                     lower_bound=0)
 flags.DEFINE_string("timit_path", None, "TIMIT .npz (x_train, y_train, x_test, y_test).")
 flags.DEFINE_list("synthetic_shape", ["784"], "Synthetic input shape, e.g. 784 or 32,32,3.")
 flags.DEFINE_integer("synthetic_classes", 10, "Synthetic class count.", lower_bound=2)
@@ -58,7 +67,13 @@ flags.DEFINE_string("sb_batch_size", "32", "Small batch (integer or fraction). P
                     "flags/); the no-flag demo uses 32 so that SB:LB stays near the paper's 1:20 "
                     "on 4000 examples (LB 10% = 400).")
 flags.DEFINE_string("lb_batch_size", "0.1", "Large batch (integer or fraction); paper: 10%.")
-flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate (Keras default).")
+flags.DEFINE_float("learning_rate", 1e-3, "Initial learning rate (Adam: Keras' default 1e-3).")
+flags.DEFINE_enum("optimizer", "adam", OPTIMIZERS, "adam (Keskar et al.) or sgd (Hoffer et al.).")
+flags.DEFINE_float("momentum", 0.0, "SGD momentum (Hoffer et al.: 0.9; C1 and C3: 0).",
+                   lower_bound=0, upper_bound=1)
+flags.DEFINE_float("weight_decay", 0.0, "L2 weight decay: weight_decay * w added to the (clipped) "
+                   "gradient, as PyTorch's SGD (Hoffer et al.: 1e-4, C1 and C3: 5e-4).",
+                   lower_bound=0)
 flags.DEFINE_integer("trials", 3, "Trials from different seeded starting points (paper: 5, set "
                      "in flags/table2_*.flags; 3 keeps the no-flag demo within 5 minutes).",
                      lower_bound=1)
@@ -101,6 +116,9 @@ flags.DEFINE_float("resume_interval", 30.0, "Seconds between resume checkpoints 
 flags.DEFINE_enum("bn_layer", "standard", NORMALIZATIONS, "BN layer of every network: standard "
                   "Keras BN (per replica under MirroredStrategy), ghost (GhostBatchNormalization, "
                   "--ghost_batch_size) or sync (statistics over all replicas: true LB statistics).")
+flags.DEFINE_float("bn_momentum", 0.99, "Momentum of the BN moving statistics, Keras' convention "
+                   "(0.99, Keras' default; PyTorch's default, which Hoffer et al. ran, is 0.9 "
+                   "here).", lower_bound=0, upper_bound=1)
 flags.DEFINE_integer("ghost_batch_size", 128, "Ghost batch size of --bn_layer=ghost (Hoffer: 128).",
                      lower_bound=1)
 _OFF = Remedies()  # every remedy's default is off
@@ -113,6 +131,9 @@ flags.DEFINE_boolean("regime_adaptation", _OFF.regime_adaptation, "Train longer:
                      "many updates as B_ref.")
 flags.DEFINE_list("lr_milestones", [], "Epochs at which the learning rate is multiplied by "
                   "--lr_decay (empty: constant).")
+flags.DEFINE_list("lr_values", [], "Learning rates from each milestone on, one per milestone "
+                  "(empty: --learning_rate times --lr_decay per milestone); scaled like "
+                  "--learning_rate by --lr_scaling.")
 flags.DEFINE_float("lr_decay", 0.1, "Learning-rate factor at each milestone.", lower_bound=0)
 flags.DEFINE_float("clip_norm", _OFF.clip_norm, "Clip gradients to this global norm (0: off; "
                    "Hoffer: 5).", lower_bound=0)
@@ -247,6 +268,20 @@ def _valid_paths(values: list[str]) -> bool:
 @flags.validator("remedies", message=f"--remedies takes names from {', '.join(REGIMES)}")
 def _valid_remedies(values: list[str]) -> bool:
     return all(v in REGIMES for v in values)
+
+
+@flags.validator("lr_values", message="--lr_values takes positive numbers, e.g. 0.01,0.001")
+def _valid_lr_values(values: list[str]) -> bool:
+    try:
+        return all(float(v) > 0 for v in values)
+    except ValueError:
+        return False
+
+
+flags.register_multi_flags_validator(
+    ["lr_values", "lr_milestones"], lambda d: not d["lr_values"]
+    or len(d["lr_values"]) == len(d["lr_milestones"]),
+    message="--lr_values needs one learning rate per --lr_milestones epoch")
 
 
 @flags.validator("lr_milestones", message="--lr_milestones takes positive epochs, e.g. 30,60")

@@ -29,9 +29,10 @@ def loader_options(data: DataConfig, *, seed: int) -> dict:
 
 
 def load_data(cfg: Config) -> data_lib.Dataset:
-    """--dataset, loaded through lbtf.data's one registry."""
-    return data_lib.load_dataset(cfg.data.dataset,
+    """--dataset, loaded through lbtf.data's one registry (standardised with --normalize)."""
+    data = data_lib.load_dataset(cfg.data.dataset,
                                  **loader_options(cfg.data, seed=cfg.training.seed))
+    return data.standardized() if cfg.data.normalize else data
 
 
 def prepare(cfg: Config, batch_specs: dict[str, int | float], log=print):
@@ -50,9 +51,10 @@ def prepare(cfg: Config, batch_specs: dict[str, int | float], log=print):
     strategy = make_strategy(cfg.run.strategy, slurm_port_base=cfg.run.slurm_port_base)
     data = load_data(cfg)
     check_compatible(cfg.model.network, data.input_shape)
-    if cfg.remedies.augment and len(data.input_shape) != 3:
-        raise UsageError(f"--augment needs image data, but {data.name}'s inputs have shape "
-                         f"{tuple(data.input_shape)}; use an image dataset or drop --augment")
+    for name, on in (("augment", cfg.remedies.augment), ("crop_flip_pad", cfg.data.crop_flip_pad)):
+        if on and len(data.input_shape) != 3:
+            raise UsageError(f"--{name} needs image data, but {data.name}'s inputs have shape "
+                             f"{tuple(data.input_shape)}; use an image dataset or drop --{name}")
     batches = {}
     for regime, spec in batch_specs.items():
         batches[regime] = resolve_batch_size(spec, data.num_train)

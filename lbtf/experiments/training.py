@@ -32,7 +32,8 @@ def initial_variables(build, seed: int) -> list:
 
 def model_builder(cfg: Config, data: data_lib.Dataset) -> Callable[[], keras.Model]:
     """Builds cfg.model's network for `data`, with its BN layer."""
-    norm = norm_layer(cfg.model.bn_layer, virtual_batch_size=cfg.model.ghost_batch_size)
+    norm = norm_layer(cfg.model.bn_layer, virtual_batch_size=cfg.model.ghost_batch_size,
+                      momentum=cfg.model.bn_momentum)
     return functools.partial(build_model, cfg.model.network, input_shape=data.input_shape,
                              num_classes=data.num_classes, variant=cfg.model.arch_variant,
                              norm=norm)
@@ -47,12 +48,15 @@ def training_config(cfg: Config, batch: int, **fields) -> TrainConfig:
         ref = r.lr_reference_batch
         epochs, patience = adapted_epochs(epochs, batch, ref), adapted_epochs(patience, batch, ref)
         milestones = adapted_milestones(milestones, batch, ref)
+    def scaled(lr: float) -> float:
+        return scaled_learning_rate(lr, batch, reference=r.lr_reference_batch, rule=r.lr_scaling)
+
     config = dict(
         batch_size=batch, max_epochs=epochs, patience=patience, lr_milestones=tuple(milestones),
-        learning_rate=scaled_learning_rate(t.learning_rate, batch,
-                                           reference=r.lr_reference_batch, rule=r.lr_scaling),
-        lr_decay=t.lr_decay, min_delta=t.min_delta, steps_per_loop=t.steps_per_loop,
-        eval_batch_size=t.eval_batch_size, jit_compile=t.jit_compile,
+        learning_rate=scaled(t.learning_rate), lr_values=tuple(scaled(v) for v in t.lr_values),
+        optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay,
+        crop_flip_pad=cfg.data.crop_flip_pad, lr_decay=t.lr_decay, min_delta=t.min_delta,
+        steps_per_loop=t.steps_per_loop, eval_batch_size=t.eval_batch_size, jit_compile=t.jit_compile,
         checkpoint_every=t.checkpoint_every, resume_interval=t.resume_interval, seed=t.seed,
         bn_eval=t.bn_eval, bn_eval_examples=t.bn_eval_examples, remedies=r)
     return TrainConfig(**{**config, **fields})
