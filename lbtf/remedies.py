@@ -140,3 +140,28 @@ def diffusion_fit(steps: Sequence[int], distances: Sequence[float]) -> dict:
     total = np.sum((d - d.mean()) ** 2)
     return {"slope": float(a), "intercept": float(b),
             "r2": float(1 - np.sum(resid ** 2) / total) if total > 0 else 1.0}
+
+
+def sam_gradients(loss_fn: Callable[[], tf.Tensor], grads: list, variables: Sequence[tf.Variable],
+                  bn_stats: Sequence[tf.Variable], rho: float) -> list:
+    """In a replica context, SAM's gradient: that of loss_fn() at w + rho g/||g||, g all-reduced
+    over replicas so that ||g|| is the global batch's. BN: the first pass has updated the moving
+    statistics `bn_stats`; this pass's update is undone, so each step updates them once, from the
+    unperturbed weights."""
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    eps = sam_perturbation(ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads), rho)
+    saved = [tf.identity(v) for v in bn_stats]
+    for v, e in zip(variables, eps, strict=True):
+        v.assign_add(e)
+    with tf.control_dependencies(saved):
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        grads = tape.gradient(loss, variables)
+    with tf.control_dependencies(grads):
+        for v, e in zip(variables, eps, strict=True):
+            v.assign_sub(e)
+        for v, s in zip(bn_stats, saved, strict=True):
+            v.assign(s)
+    return grads

@@ -227,28 +227,6 @@ class Trainer:
                     variables, self._anchors, self.config.remedies.conservative_lambda))
         return tape.gradient(loss, variables), loss
 
-    def _sam_gradients(self, xb, yb, grads: list) -> list:
-        """SAM: the gradient at w + rho g/||g|| (g all-reduced over replicas, so ||g|| is the global
-        batch's). BN: the first pass has updated the moving statistics; the second pass's update is
-        undone, so each step updates them once, from the unperturbed weights."""
-        ctx = tf.distribute.get_replica_context()
-        full = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        eps = remedies.sam_perturbation(full, self.config.remedies.sam_rho)
-        variables = self.model.trainable_variables
-        saved = [tf.identity(v) for v in self._bn_stats]
-        for v, e in zip(variables, eps, strict=True):
-            v.assign_add(e)
-        with tf.control_dependencies(saved):
-            with tf.GradientTape() as tape:
-                loss = self._loss(xb, yb)
-            grads = tape.gradient(loss, variables)
-        with tf.control_dependencies(grads):
-            for v, e in zip(variables, eps, strict=True):
-                v.assign_sub(e)
-            for v, s in zip(self._bn_stats, saved, strict=True):
-                v.assign(s)
-        return grads
-
     def _step_fn(self, idx: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
         """One optimizer step on this replica's examples idx[i] (conservative training: one
         proximal subproblem, `conservative_steps` Adam steps on the same batch)."""
@@ -264,7 +242,9 @@ class Trainer:
         for _ in range(self.config.remedies.conservative_steps if self._anchors else 1):
             grads, loss = self._gradients(xb, yb)
             if self.config.remedies.sam_rho:
-                grads = self._sam_gradients(xb, yb, grads)
+                grads = remedies.sam_gradients(lambda: self._loss(xb, yb), grads,
+                                               self.model.trainable_variables, self._bn_stats,
+                                               self.config.remedies.sam_rho)
             grads = global_gradients(grads, variables, clip_norm=self.config.remedies.clip_norm,
                                      weight_decay=self.config.weight_decay)
             self.optimizer.apply_gradients(zip(grads, variables, strict=True))
