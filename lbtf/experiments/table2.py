@@ -32,7 +32,7 @@ def run(cfg: Config, log=print):
         f"{data.num_train} training examples, SB={batches['SB']} LB={batches['LB']}, "
         f"{cfg.training.trials} trials, {strategy.num_replicas_in_sync} replica(s); writing {run_dir}")
     trained = training.train_regimes(cfg, data=data, strategy=strategy, batches=batches,
-                                run_dir=run_dir, log=log)
+                                     run_dir=run_dir, log=log)
     all_runs, trained = trained, training.without_diverged(trained, log)
     summary = report.accuracy_summary(trained)
     table = report.table2_markdown(summary, network=cfg.model.network, dataset=data.name)
