@@ -177,14 +177,16 @@ def test_table2_end_to_end(data_dir, tmp_path):
 
 def test_train_experiment_and_info(data_dir, tmp_path):
     run, _ = run_experiment("--experiment=train", "--batch_size=10%", f"--data_dir={data_dir}",
-                            f"--output_dir={tmp_path}", *TINY[:2], "--trials=1")
+                            f"--output_dir={tmp_path}", *TINY[:2], "--trials=1", "--nojit_compile")
     assert json.loads((run / "results.json").read_text())["batch_size"] == 40
     _, log = run_experiment("--experiment=info", f"--data_dir={data_dir}", "--mnist1d_samples=500")
     # Parameter counts derived layer by layer in test_models.py.
     assert "1462794" in log and "14991946" in log
 
 
-SHARP = ["--epsilons=1e-3", "--subspace_dim=3", "--sharpness_maxiter=2"]
+# In-process runs skip XLA, whose compilation costs more than it saves at these sizes;
+# test_table2_end_to_end runs the command line with its defaults.
+SHARP = ["--epsilons=1e-3", "--subspace_dim=3", "--sharpness_maxiter=2", "--nojit_compile"]
 
 
 def test_table2_reports_sharpness_tables(data_dir, tmp_path):

@@ -11,8 +11,10 @@ from conftest import run_experiment
 from lbtf.checkpoints import kept_weights
 from lbtf.errors import UsageError
 
+# XLA compilation costs more than it saves at these sizes (the command-line test keeps it on).
 BASE = ["--mnist1d_samples=500", "--max_epochs=2", "--patience=2", "--trials=1",
-        "--bn_measure=moving", "--epsilons=1e-3", "--subspace_dim=0", "--sharpness_maxiter=2"]
+        "--bn_measure=moving", "--epsilons=1e-3", "--subspace_dim=0", "--sharpness_maxiter=2",
+        "--nojit_compile"]
 
 
 def run_ok(*args) -> str:
