@@ -82,3 +82,14 @@ def test_saved_flags_give_back_the_same_config(tmp_path):
 def test_bad_flags_fail_while_parsing():
     with pytest.raises(flags.IllegalFlagValueError, match="--bn_measure"):
         parse(["--bn_measure=frozen"])
+
+
+def test_flags_and_config_load_without_tensorflow():
+    """A mistyped flag is reported before TensorFlow's seconds-long import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lbtf.experiments.flags, lbtf.experiments.config; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
