@@ -111,8 +111,7 @@ def norm_layer(kind: str, *, virtual_batch_size: int = 128, momentum: float = 0.
     (GhostBatchNormalization) or 'sync' (BN statistics all-reduced over replicas). `momentum` is
     Keras' (moving = momentum x moving + (1 - momentum) x batch): PyTorch's 0.1 is Keras' 0.9."""
     if kind == "standard":
-        return (keras.layers.BatchNormalization if momentum == 0.99 else
-                functools.partial(keras.layers.BatchNormalization, momentum=momentum))
+        return functools.partial(keras.layers.BatchNormalization, momentum=momentum)
     if kind == "ghost":
         return functools.partial(GhostBatchNormalization, virtual_batch_size=virtual_batch_size,
                                  momentum=momentum)

@@ -8,7 +8,8 @@
 
 Every remedy's setting is a field of `Remedies`, off by default; `REGIMES` says how
 --experiment=remedies turns each one on. Adding a remedy touches three files: a field and its
-regime here, its flag in lbtf/experiments/flags.py, and the step that applies it in lbtf/train.py.
+regime here (its default is what SB and LB run), its flag in lbtf/experiments/flags.py, and the
+step that applies it in lbtf/train.py.
 
 Keskar et al.'s Appendix C performance model is in lbtf.performance. TensorFlow is imported inside
 the functions that need it: the flags read `Remedies` and `REGIMES` before TensorFlow loads.
@@ -46,12 +47,13 @@ class Remedies:
                                       # steps (0: off)
 
 
-# --experiment=remedies: regime "LB+<name>" is LB with every remedy off (OFF) except those
+# --experiment=remedies: regime "LB+<name>" is LB with every remedy off (OFF: standard BN and each
+# Remedies default, but for the settings that only parametrise a remedy) except those
 # REGIMES[name] turns on, given the configured settings (a flag left at 0 takes the published
 # value). Keys name configuration fields of any group (e.g. the network's bn_layer).
-OFF = {"bn_layer": "standard", "lr_scaling": "none", "regime_adaptation": False,
-       "clip_norm": 0.0, "sam_rho": 0.0, "fgsm_epsilon": 0.0, "conservative_lambda": 0.0,
-       "augment": False, "label_smoothing": 0.0}
+PARAMETERS = ("lr_reference_batch", "conservative_steps", "diffusion_every")
+OFF = {"bn_layer": "standard", **{k: v for k, v in dataclasses.asdict(Remedies()).items()
+                                  if k not in PARAMETERS}}
 REGIMES: dict[str, Callable[[Remedies], dict]] = {
     "ghost": lambda r: {"bn_layer": "ghost", "lr_scaling": "sqrt", "regime_adaptation": True,
                         "clip_norm": r.clip_norm},  # Hoffer et al.: GBN, sqrt lr, train longer

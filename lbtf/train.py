@@ -376,8 +376,7 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
         if ckpts is None:
             continue
         kept_best = keep_weights(ckpts, epoch=row["epoch"], best=best_epoch(history),
-                                     reason=reason, every=cfg.checkpoint_every,
-                                     kept_best=kept_best)
+                                 reason=reason, every=cfg.checkpoint_every, kept_best=kept_best)
         if reason is not None or time.perf_counter() - saved_at >= interval:
             ckpts.save_state(row["epoch"], {
                 "history": history, "stop_reason": reason, "rng": rng.bit_generator.state,

@@ -9,6 +9,7 @@ TensorFlow is imported.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 
 from lbtf.choices import parse_batch_size
@@ -132,9 +133,7 @@ class Config:
     experiment: ExperimentConfig
 
 
-_CLASSES = {"run": RunConfig, "data": DataConfig, "model": ModelConfig,
-            "training": TrainingConfig, "remedies": Remedies, "measure": MeasureConfig,
-            "landscape": LandscapeConfig, "experiment": ExperimentConfig}
+_CLASSES = typing.get_type_hints(Config)  # group name -> its dataclass, in Config's order
 
 # Flags whose values are text lists or batch specs, converted to typed tuples and numbers.
 _CONVERT = {

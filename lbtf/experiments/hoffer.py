@@ -20,14 +20,13 @@ from lbtf import figures, report
 from lbtf.experiments import prepare, remedies, rundir, sharpness, training
 from lbtf.experiments.config import Config, override
 
-# Column -> (the batch it trains at, the configuration fields it sets).
-COLUMNS = {
-    "SB": ("SB", {"lr_scaling": "none", "bn_layer": "standard", "regime_adaptation": False}),
-    "LB": ("LB", {"lr_scaling": "none", "bn_layer": "standard", "regime_adaptation": False}),
-    "+LR": ("LB", {"lr_scaling": "sqrt", "bn_layer": "standard", "regime_adaptation": False}),
-    "+GBN": ("LB", {"lr_scaling": "sqrt", "bn_layer": "ghost", "regime_adaptation": False}),
-    "+RA": ("LB", {"lr_scaling": "sqrt", "bn_layer": "ghost", "regime_adaptation": True}),
-}
+# Column -> (the batch it trains at, the configuration fields it sets); each column after LB adds
+# one remedy to the one before it.
+_PLAIN = {"lr_scaling": "none", "bn_layer": "standard", "regime_adaptation": False}
+_LR = {**_PLAIN, "lr_scaling": "sqrt"}
+_GBN = {**_LR, "bn_layer": "ghost"}
+COLUMNS = {"SB": ("SB", _PLAIN), "LB": ("LB", _PLAIN), "+LR": ("LB", _LR),
+           "+GBN": ("LB", _GBN), "+RA": ("LB", {**_GBN, "regime_adaptation": True})}
 
 
 def authors_way(cfg: Config) -> Config:
