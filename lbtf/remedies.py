@@ -35,7 +35,7 @@ class Remedies:
     """Every remedy's setting (the flags of the same names); the defaults are off."""
     lr_scaling: str = "none"          # lr x sqrt(B / B_ref) ("sqrt", Hoffer) or x B / B_ref
     lr_reference_batch: int = 256     # B_ref of lr_scaling and regime_adaptation
-    regime_adaptation: bool = False   # epochs, patience and milestones x B / B_ref
+    regime_adaptation: bool = False   # epochs, patience, milestones, measure_every x B / B_ref
     clip_norm: float = 0.0            # clip gradients to this global norm (0: off)
     sam_rho: float = 0.0              # Sharpness-Aware Minimization radius (0: off)
     fgsm_epsilon: float = 0.0         # adversarial training with FGSM examples of this size

@@ -42,6 +42,8 @@ class TrainConfig:
     jit_compile: bool = True          # XLA, on a single replica only
     checkpoint_every: int = 0         # also keep every N-th epoch's weights (0: only those read
                                       # back: the start, the lowest training loss, the last)
+    measure_every: int = 1            # measure (and test for stopping) every N-th epoch and the
+                                      # last; patience still counts epochs (see `should_stop`)
     resume_interval: float = 30.0     # seconds between resume checkpoints (0: after every epoch)
     optimizer: str = "adam"           # "adam" (Keskar et al.) or "sgd" (Hoffer et al.)
     momentum: float = 0.0             # SGD's momentum
@@ -76,11 +78,15 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def should_stop(losses: Sequence[float], *, patience: int, min_delta: float) -> bool:
-    """True when the last `patience` epochs failed to beat the earlier best by more than min_delta."""
-    if len(losses) <= patience:
+def should_stop(losses: Sequence[float], *, patience: int, min_delta: float,
+                every: int = 1) -> bool:
+    """True when the last `patience` epochs failed to beat the earlier best by more than min_delta.
+    `losses` are measured every `every` epochs: then the last ceil(patience / every) measurements,
+    which span at least `patience` epochs, must fail to beat the earlier ones."""
+    recent = -(-patience // every)
+    if len(losses) <= recent:
         return False
-    return min(losses[-patience:]) > min(losses[:-patience]) - min_delta
+    return min(losses[-recent:]) > min(losses[:-recent]) - min_delta
 
 
 def best_epoch(history: Sequence[dict]) -> int:
@@ -312,9 +318,17 @@ def _log_scalars(writer, row: dict, epoch: int) -> None:
                 tf.summary.scalar(k, v)
 
 
-def _epoch(trainer: Trainer, rng: np.random.Generator, epoch: int) -> dict:
-    t0 = time.perf_counter()
-    batch_loss, steps = trainer.train_epoch(rng)
+def _epochs(trainer: Trainer, rng: np.random.Generator, done: int) -> dict:
+    """Trains from epoch done + 1 to the next measured one (every `measure_every`-th, the last, or
+    the first with a non-finite minibatch loss) and returns its row; `steps` and `seconds` cover
+    every epoch since the last row, `minibatch_loss` the last epoch's mean."""
+    cfg, t0, steps = trainer.config, time.perf_counter(), 0
+    for epoch in range(done + 1, cfg.max_epochs + 1):
+        batch_loss, n = trainer.train_epoch(rng)
+        steps += n
+        if (epoch % cfg.measure_every == 0 or epoch == cfg.max_epochs
+                or not math.isfinite(batch_loss)):
+            break
     return {"epoch": epoch, "steps": steps, "minibatch_loss": batch_loss, **trainer.measure(),
             "seconds": time.perf_counter() - t0}
 
@@ -324,7 +338,7 @@ def _stop_reason(history: list[dict], cfg: TrainConfig) -> str | None:
     if not all(math.isfinite(row[k]) for k in ("minibatch_loss", "train_loss")):
         return "diverged"
     if should_stop([h["train_loss"] for h in history], patience=cfg.patience,
-                   min_delta=cfg.min_delta):
+                   min_delta=cfg.min_delta, every=cfg.measure_every):
         return "converged"
     return "max_epochs" if row["epoch"] >= cfg.max_epochs else None
 
@@ -355,7 +369,7 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
         history, reason, elapsed = state["history"], state["stop_reason"], state["seconds"]
         rng.bit_generator.state = state["rng"]
         trainer.set_progress(steps_done=state["steps_done"], diffusion=state["diffusion"])
-        resumed = len(history)
+        resumed = history[-1]["epoch"] if history else 0
         ckpts.delete_weights_after(resumed)  # written after the resume checkpoint; redone now
         log(f"{label} resumed after epoch {resumed} from {path}")
     elif ckpts:
@@ -366,7 +380,7 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
     start = time.perf_counter() - elapsed
     saved_at, kept_best = time.perf_counter(), best_epoch(history)
     while reason is None:
-        history.append(_epoch(trainer, rng, len(history) + 1))
+        history.append(_epochs(trainer, rng, history[-1]["epoch"] if history else 0))
         row, reason = history[-1], _stop_reason(history, cfg)
         _log_scalars(writer, row, row["epoch"])
         log(f"{label} epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} acc "

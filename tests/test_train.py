@@ -28,6 +28,18 @@ def test_should_stop():
     assert not should_stop([1.0] * 3, patience=3, min_delta=0)  # too few epochs to judge
 
 
+def test_should_stop_counts_patience_in_epochs_when_measuring_every_n():
+    # Measured after epochs 2, 4, 6, 8; patience 3 epochs -> the last 2 measurements (epochs 5-8)
+    # must fail: epoch 4's 1.0 is the best, epochs 6 and 8 do not beat it.
+    assert should_stop([2.0, 1.0, 1.2, 1.1], patience=3, min_delta=0, every=2)
+    # One measurement (epoch 8 alone) spans only 2 epochs: not enough.
+    assert not should_stop([2.0, 1.0, 1.2, 0.9], patience=3, min_delta=0, every=2)
+    assert not should_stop([2.0, 1.0, 0.9, 1.1], patience=3, min_delta=0, every=2)
+    # patience 4 at every 2: again 2 measurements; at every 5: 1 measurement.
+    assert should_stop([2.0, 1.0, 1.2, 1.1], patience=4, min_delta=0, every=2)
+    assert should_stop([2.0, 1.0, 1.2], patience=4, min_delta=0, every=5)
+
+
 def test_epoch_indices_are_a_permutation_cut_into_batches():
     idx = epoch_indices(np.random.default_rng(0), 10, 3)
     assert idx.shape == (3, 3) and len(set(idx.ravel().tolist())) == 9
@@ -102,10 +114,37 @@ def test_fit_stops_when_the_loss_stops_improving():
     assert result.stop_reason == "converged" and len(result.history) == 3
 
 
+def test_measuring_every_n_epochs_trains_the_same_weights(tmp_path):
+    """Measuring is not training: rows at epochs 3, 6 and the last (7), each with the steps since
+    the row before, and the same trainable weights as measuring after every epoch."""
+    def run(every, folder):
+        cfg = TrainConfig(batch_size=32, max_epochs=7, patience=10, measure_every=every,
+                          jit_compile=False)
+        trainer = Trainer(lambda: mlp(0, bn=True), DATA, cfg)
+        result = fit(trainer, seed=2, checkpoint_dir=tmp_path / folder, log=lambda s: None)
+        return result, [v.numpy() for v in trainer.model.trainable_variables]
+    each, w_each = run(1, "a")
+    sparse, w_sparse = run(3, "b")
+    per_epoch = DATA.num_train // 32
+    assert [r["epoch"] for r in sparse.history] == [3, 6, 7]
+    assert [r["steps"] for r in sparse.history] == [3 * per_epoch, 3 * per_epoch, per_epoch]
+    assert sparse.stop_reason == "max_epochs" and sparse.final["epoch"] == 7
+    assert sparse.history[1]["minibatch_loss"] == pytest.approx(each.history[5]["minibatch_loss"],
+                                                                rel=1e-5)
+    for x, y in zip(w_each, w_sparse, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    # Only measured epochs can be kept: the start and the lowest loss and the last among 3, 6, 7.
+    assert set(kept_weights(tmp_path / "b")) <= {0, 3, 6, 7} and 7 in kept_weights(tmp_path / "b")
+
+
 def test_diverged_run_is_marked():
     trainer = Trainer(mlp, DATA, TrainConfig(batch_size=32, max_epochs=5, learning_rate=1e30))
     result = fit(trainer, log=lambda s: None)
     assert result.stop_reason == "diverged" and len(result.history) < 5
+    # Measured every 4 epochs, a run is still measured (and stopped) in the epoch it diverges.
+    trainer = Trainer(mlp, DATA, TrainConfig(batch_size=32, max_epochs=5, learning_rate=1e30,
+                                             measure_every=4))
+    assert fit(trainer, log=lambda s: None).history[-1]["epoch"] < 4
 
 
 def train_weights(seed, build_seed=None, epochs=2, bn=True):

@@ -66,6 +66,7 @@ class TrainingConfig:
     seed: int
     max_epochs: int
     patience: int
+    measure_every: int
     min_delta: float
     lr_milestones: tuple[int, ...]
     lr_values: tuple[float, ...]

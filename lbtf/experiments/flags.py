@@ -81,6 +81,11 @@ flags.DEFINE_integer("seed", 0, "Base seed; trial t uses seed + t for weights an
 flags.DEFINE_integer("max_epochs", 200, "Epoch budget per run.", lower_bound=1)
 flags.DEFINE_integer("patience", 10, "Stop after this many epochs without the training loss "
                      "improving by min_delta.", lower_bound=1)
+flags.DEFINE_integer("measure_every", 1, "Measure the training and test loss and accuracy every "
+                     "N-th epoch and the last (1: every epoch, as the paper). --patience still "
+                     "counts epochs: a run stops once the measurements of the last --patience "
+                     "epochs (rounded up to N) fail to improve. Regime adaptation multiplies it.",
+                     lower_bound=1)
 flags.DEFINE_float("min_delta", 1e-4, "Improvement of the training loss that counts.",
                    lower_bound=0)
 flags.DEFINE_enum("strategy", "auto", STRATEGIES,
@@ -127,8 +132,8 @@ flags.DEFINE_enum("lr_scaling", _OFF.lr_scaling, LR_SCALINGS, "Scale --learning_
 flags.DEFINE_integer("lr_reference_batch", _OFF.lr_reference_batch, "B_ref of --lr_scaling and "
                      "--regime_adaptation.", lower_bound=1)
 flags.DEFINE_boolean("regime_adaptation", _OFF.regime_adaptation, "Train longer: multiply "
-                     "--max_epochs, --patience and --lr_milestones by B / B_ref, so LB makes as "
-                     "many updates as B_ref.")
+                     "--max_epochs, --patience, --lr_milestones and --measure_every by B / B_ref, so "
+                     "LB makes as many updates as B_ref.")
 flags.DEFINE_list("lr_milestones", [], "Epochs at which the learning rate is multiplied by "
                   "--lr_decay (empty: constant).")
 flags.DEFINE_list("lr_values", [], "Learning rates from each milestone on, one per milestone "
@@ -287,6 +292,15 @@ flags.register_multi_flags_validator(
 @flags.validator("lr_milestones", message="--lr_milestones takes positive epochs, e.g. 30,60")
 def _valid_milestones(values: list[str]) -> bool:
     return all(v.strip().isdigit() and int(v) > 0 for v in values)
+
+
+flags.register_multi_flags_validator(
+    ["measure_every", "checkpoint_every", "warm_start_stride", "trajectory_stride", "experiment"],
+    lambda d: d["checkpoint_every"] % d["measure_every"] == 0 and (
+        d["experiment"] not in ("warm_start", "trajectory")
+        or d[f"{d['experiment']}_stride"] % d["measure_every"] == 0),
+    message="--checkpoint_every and the warm_start/trajectory stride keep measured epochs: make "
+            "them multiples of --measure_every")
 
 
 flags.register_multi_flags_validator(

@@ -44,15 +44,18 @@ def training_config(cfg: Config, batch: int, **fields) -> TrainConfig:
     and regime adaptation applied; `fields` set TrainConfig fields."""
     t, r = cfg.training, cfg.remedies
     epochs, patience, milestones = t.max_epochs, t.patience, list(t.lr_milestones)
-    if r.regime_adaptation:
+    every = t.measure_every
+    if r.regime_adaptation:  # the regime stretched by B / B_ref, measured at the same points
         ref = r.lr_reference_batch
         epochs, patience = adapted_epochs(epochs, batch, ref), adapted_epochs(patience, batch, ref)
         milestones = adapted_milestones(milestones, batch, ref)
+        every = adapted_epochs(every, batch, ref)
     def scaled(lr: float) -> float:
         return scaled_learning_rate(lr, batch, reference=r.lr_reference_batch, rule=r.lr_scaling)
 
     config = dict(
-        batch_size=batch, max_epochs=epochs, patience=patience, lr_milestones=tuple(milestones),
+        batch_size=batch, max_epochs=epochs, patience=patience, measure_every=every,
+        lr_milestones=tuple(milestones),
         learning_rate=scaled(t.learning_rate), lr_values=tuple(scaled(v) for v in t.lr_values),
         optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay,
         crop_flip_pad=cfg.data.crop_flip_pad, lr_decay=t.lr_decay, min_delta=t.min_delta,
@@ -87,7 +90,7 @@ def train_once(trainer: Trainer, *, name: str, run_dir: Path, seed: int, hparams
     result = fit(trainer, seed=seed, checkpoint_dir=checkpoints,
                  save_dir=runs.write_path(checkpoints), writer=writer, log=log, label=label)
     final = {k: v for k, v in result.final.items() if k not in ("epoch", "steps")}
-    return {"epochs": len(result.history), "stop_reason": result.stop_reason, **final,
+    return {"epochs": result.history[-1]["epoch"], "stop_reason": result.stop_reason, **final,
             "seconds": result.seconds, "checkpoint_dir": result.checkpoint_dir,
             "learning_rate": trainer.config.learning_rate, "history": result.history,
             "diffusion": result.diffusion}

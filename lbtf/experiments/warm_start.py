@@ -60,7 +60,7 @@ def run(cfg: Config, log=print):
     lb = training.make_trainer(cfg, data, strategy, batches["LB"])
     rows = []
     # A diverged SB run has no checkpoint of its last (non-finite) iterate.
-    last = len(sb_history) - (sb_record["stop_reason"] == "diverged")
+    last = int(sb_history.epoch.iloc[-1]) + (sb_record["stop_reason"] != "diverged")
     for epoch in range(0, last, stride):
         name = f"LB_from_SB{epoch}"
         ckpt = checkpoint_at(sb_record["checkpoint_dir"], epoch)
@@ -98,7 +98,7 @@ def _write(cfg: Config, data, strategy, run_dir, table, found, sb_history, log) 
                             right_index=True, how="left")
     text = "\n\n".join([
         f"# Figure 5: warm-started LB runs, {cfg.model.network} on {data.name}",
-        f"SB trained {len(sb_history) - 1} epochs; an LB run (at most {cfg.training.max_epochs} "
+        f"SB trained {int(sb_history.epoch.iloc[-1])} epochs; an LB run (at most {cfg.training.max_epochs} "
         f"epochs, patience {cfg.training.patience}) from every {cfg.experiment.warm_start_stride}-th "
         "SB iterate; epoch 0 is the shared starting point, so its row is plain LB.",
         figures.save(fig, run_dir, "figure5_warm_start", caption=caption, writer=writer),
