@@ -4,7 +4,8 @@ A point of the plot needs, at the least, one forward pass over each split (train
 with BN statistics recomputed, one more forward pass over the training data in training mode.
 The floor is those passes timed bare (a compiled loop of model calls); the figure is lbtf's time
 per point (weights set, statistics re-estimated, both splits evaluated) against it.
-Target: about 1x (at most 1.2x).
+Target: about 1x (at most 1.2x). Each figure is the median of --repeats timed paths, with the
+range its extremes allow (min-max); the run ends with one summary table.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from bench_train import ratio_cell, summary  # noqa: E402
 
 from lbtf import landscape  # noqa: E402
 from lbtf.data import load_synthetic  # noqa: E402
@@ -26,9 +28,9 @@ from lbtf.models import build_model  # noqa: E402
 from lbtf.objective import EvalSet, make_evaluator  # noqa: E402
 
 
-def bare_pass(model, x: np.ndarray, batch: int, training: bool) -> float:
+def bare_pass(model, x: np.ndarray, batch: int, training: bool, repeats: int) -> list[float]:
     """Seconds for one compiled forward pass over all of x in batches, the last one padded as
-    lbtf's evaluation pads it (median of 3, after warm-up)."""
+    lbtf's evaluation pads it (`repeats` times, after warm-up)."""
     pad = -len(x) % batch
     x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
     chunks = tf.constant(x.reshape(-1, batch, *x.shape[1:]))
@@ -42,17 +44,18 @@ def bare_pass(model, x: np.ndarray, batch: int, training: bool) -> float:
 
     run(chunks).numpy()
     times = []
-    for _ in range(3):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         run(chunks).numpy()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--points", type=int, default=7)
     ap.add_argument("--batch", type=int, default=2048)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     data = load_synthetic(shape=(784,), num_classes=10, num_train=60000, num_test=10000, seed=0)
     keras.utils.set_random_seed(0)
@@ -60,23 +63,31 @@ def main():
     start = landscape.snapshot(model)
     keras.utils.set_random_seed(1)
     end = landscape.snapshot(build_model("F1", input_shape=data.input_shape, num_classes=10))
-    floor = (bare_pass(model, data.x_train, args.batch, False)
-             + bare_pass(model, data.x_test, args.batch, False))
-    bn_floor = bare_pass(model, data.x_train, args.batch, True)
+    r = args.repeats
+    floor = np.add(bare_pass(model, data.x_train, args.batch, False, r),
+                   bare_pass(model, data.x_test, args.batch, False, r)).tolist()
+    bn_floor = np.add(floor, bare_pass(model, data.x_train, args.batch, True, r)).tolist()
     splits = {"train": EvalSet(data.x_train, data.y_train, args.batch),
               "test": EvalSet(data.x_test, data.y_test, args.batch)}
     estimator = landscape.BatchNormEstimator(model, data.x_train, batch_size=args.batch)
     evaluate = make_evaluator(model, jit_compile=True)
     alphas = np.linspace(-1, 2, args.points)
-    for bn, bare in (("interpolate", floor), ("recompute", floor + bn_floor)):
+    rows = []
+    for bn, bare in (("interpolate", floor), ("recompute", bn_floor)):
         landscape.evaluate_path(model, start, end, alphas[:2], path="linear", splits=splits,
                                 bn=bn, estimator=estimator, evaluate=evaluate)  # compile
-        t0 = time.perf_counter()
-        landscape.evaluate_path(model, start, end, alphas, path="linear", splits=splits, bn=bn,
-                                estimator=estimator, evaluate=evaluate)
-        per_point = (time.perf_counter() - t0) / len(alphas)
-        print(f"BN {bn:11s}: {per_point:.3f} s per point against a floor of {bare:.3f} s of bare "
-              f"forward passes = {per_point / bare:.2f}x (target <= 1.2x)")
+        per_point = []
+        for _ in range(r):
+            t0 = time.perf_counter()
+            landscape.evaluate_path(model, start, end, alphas, path="linear", splits=splits,
+                                    bn=bn, estimator=estimator, evaluate=evaluate)
+            per_point.append((time.perf_counter() - t0) / len(alphas))
+        cell, med = ratio_cell(per_point, bare)
+        print(f"BN {bn:11s}: {statistics.median(per_point):.3f} s per point against a floor of "
+              f"{statistics.median(bare):.3f} s of bare forward passes = {cell} (target <= 1.2x)")
+        rows.append((f"parametric plot per point, BN {bn}, against bare passes", cell, "<= 1.2x",
+                     med <= 1.2))
+    summary(rows)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
     and streamed block by block under a small budget (target <= 1.5x, peak within budget + model);
 (d) a naive implementation (value from model.evaluate, gradient from a separate pass, public
     scipy L-BFGS-B) on the same problem (target: lbtf at least 2x faster).
+Each figure is the median of --repeats runs, with the range its extremes allow (min-max); the run
+ends with one summary table.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.optimize  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from bench_train import dense_train_flops, matmul_flops_per_s  # noqa: E402
+from bench_train import dense_train_flops, matmul_flops_per_s, ratio_cell, summary  # noqa: E402
 
 from lbtf.data import load_synthetic  # noqa: E402
 from lbtf.models import build_model  # noqa: E402
@@ -84,46 +86,60 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=60000)
     p.add_argument("--maxiter", type=int, default=10)
     p.add_argument("--budget_mb", type=float, default=64, help="budget for the streamed subspace")
+    p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     data = load_synthetic(shape=(784,), num_classes=10, num_train=args.examples, num_test=10)
     keras.utils.set_random_seed(0)
     model = build_model("F1", input_shape=(784,), num_classes=10)
-    x, y = data.x_train, data.y_train
+    x, y, r = data.x_train, data.y_train, args.repeats
     peak = matmul_flops_per_s()
     obj = Objective(model, x, y)
     w0 = flat_weights(model)
     obj.value_and_gradient(w0)  # compile
-    t_pass = statistics.median(_timed(lambda: obj.value_and_gradient(w0)) for _ in range(3))
-    flops = len(x) * dense_train_flops(model) / t_pass
+    t_pass = [_timed(lambda: obj.value_and_gradient(w0)) for _ in range(r)]
+    at_peak = len(x) * dense_train_flops(model) / peak  # seconds a pass would take at the peak
     print(f"F1, {len(x)} examples, n = {w0.size} weights; matrix product {peak / 1e9:.0f} GFLOP/s")
-    print(f"(b) one loss+gradient pass: {t_pass:.2f}s, {flops / 1e9:.0f} GFLOP/s = "
-          f"{flops / peak:.0%} of the matrix product")
-    with PeakRSS() as mem_full:
-        full = sharpness_at(obj, w0, epsilon=1e-3, maxiter=args.maxiter)
-    per_eval = full.seconds / full.nfev
-    print(f"(a) full space: {full.seconds:.1f}s for {full.nfev} evaluations = "
-          f"{full.seconds / (full.nfev * t_pass) - 1:+.1%} over nfev passes (target <= +10%); "
-          f"phi = {full.value:.2f}")
+    rows = [("(b) loss+gradient pass FLOP/s against the matrix product",
+             *_cell([at_peak], t_pass, ">= 75%", lambda m: m >= 0.75, fmt="{:.0%}"))]
+    full = []
+    for _ in range(r):
+        with PeakRSS() as mem_full:
+            full.append(sharpness_at(obj, w0, epsilon=1e-3, maxiter=args.maxiter))
+    per_eval = [f.seconds / f.nfev for f in full]
+    rows.append(("(a) full space per evaluation against one pass",
+                 *_cell(per_eval, t_pass, "<= 1.10x", lambda m: m <= 1.10)))
+    print(f"(a) full space: {statistics.median(f.seconds for f in full):.1f}s for {full[0].nfev} "
+          f"evaluations; phi = {full[0].value:.2f}")
     for label, budget, target in (("held", 4096, 1.1), ("streamed", args.budget_mb, 1.5)):
-        with PeakRSS() as mem:
-            sub = Subspace(w0.size, 100, seed=0, memory_budget_mb=budget)
-            center = sub.pinv_apply(w0)
-            t0 = time.perf_counter()
-            r = sharpness_at(obj, w0, epsilon=1e-3, subspace=sub, center=center,
-                             maxiter=args.maxiter)
-            t_sub = time.perf_counter() - t0
-        ratio = (t_sub / r.nfev) / per_eval
-        print(f"(c) subspace p=100, A {label} (budget {budget:g} MB): {t_sub / r.nfev:.2f}s per "
-              f"evaluation = {ratio:.2f}x full space (target <= {target}x); peak memory "
-              f"+{mem.mb:.0f} MB (full space +{mem_full.mb:.0f} MB); {r.nfev} evaluations")
-        del sub
-    t0 = time.perf_counter()
-    f_naive, nfev_naive = naive_sharpness(model, x, y, 1e-3, args.maxiter)
-    t_naive = time.perf_counter() - t0
-    print(f"(d) naive (model.evaluate + separate gradient pass, public L-BFGS-B): {t_naive:.1f}s "
-          f"for {nfev_naive} evaluations vs lbtf {full.seconds:.1f}s for {full.nfev}: "
-          f"{t_naive / full.seconds:.2f}x slower (target >= 2x); f_max {f_naive:.4g} vs "
-          f"{full.f_max:.4g}")
+        sub_eval = []
+        for _ in range(r):
+            with PeakRSS() as mem:
+                sub = Subspace(w0.size, 100, seed=0, memory_budget_mb=budget)
+                center = sub.pinv_apply(w0)
+                t0 = time.perf_counter()
+                res = sharpness_at(obj, w0, epsilon=1e-3, subspace=sub, center=center,
+                                   maxiter=args.maxiter)
+                sub_eval.append((time.perf_counter() - t0) / res.nfev)
+            del sub
+        rows.append((f"(c) subspace p=100, A {label}, per evaluation against full space",
+                     *_cell(sub_eval, per_eval, f"<= {target}x", lambda m, t=target: m <= t)))
+        print(f"(c) subspace p=100, A {label} (budget {budget:g} MB): peak memory +{mem.mb:.0f} "
+              f"MB (full space +{mem_full.mb:.0f} MB); {res.nfev} evaluations")
+    naive = []
+    for _ in range(r):
+        t0 = time.perf_counter()
+        f_naive, nfev_naive = naive_sharpness(model, x, y, 1e-3, args.maxiter)
+        naive.append((time.perf_counter() - t0) / nfev_naive)
+    rows.append(("(d) naive per evaluation against lbtf's full space",
+                 *_cell(naive, per_eval, ">= 2x", lambda m: m >= 2)))
+    print(f"(d) naive: f_max {f_naive:.4g} vs lbtf {full[0].f_max:.4g}")
+    summary(rows)
+
+
+def _cell(num, den, target: str, met, fmt: str = "{:.2f}x") -> tuple:
+    """(median (min-max), target, met) of median(num) / median(den)."""
+    cell, med = ratio_cell(num, den, fmt=fmt)
+    return cell, target, met(med)
 
 
 def _timed(fn) -> float:
