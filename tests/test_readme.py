@@ -4,6 +4,7 @@ claims follow the numbers."""
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from lbtf import readme
@@ -56,3 +57,53 @@ def test_update_refuses_an_unfinished_run_and_leaves_the_readme(tmp_path):
     with pytest.raises(UsageError, match="results.json not found"):
         readme.update(page, tmp_path / "no_run", tmp_path)
     assert "old" in page.read_text()
+
+
+def hoffer_runs(test: dict[str, list[float]]) -> list[dict]:
+    return [{"regime": c, "trial": t, "test_acc": a / 100, "train_acc": 1.0, "batch_size": 32 if
+             c == "SB" else 1024, "epochs": 320 if c == "+RA" else 10, "stop_reason": "max_epochs",
+             "seconds": 30.0} for c, accs in test.items() for t, a in enumerate(accs)]
+
+
+def test_hoffer_claim_gives_the_gap_and_the_share_each_column_closes():
+    runs = pd.DataFrame(hoffer_runs({"SB": [73.0, 75.0], "LB": [61.0, 61.0], "+LR": [67.0, 67.0],
+                                     "+GBN": [71.0, 71.0], "+RA": [76.0, 76.0]}))
+    # SB 74 +- 1.41 (sample std), LB 61: 13 points = 9.2 stds; +LR closes 6/13, +GBN 10/13,
+    # +RA 15/13 of it.
+    assert readme.hoffer_claim(runs) == (
+        "LB is 13.00 points below SB, 9.2 times the larger std: a gap beyond the noise; share of "
+        "it closed: +LR 46%, +GBN 77%, +RA 115%.")
+    level = pd.DataFrame(hoffer_runs({"SB": [55.0, 57.0], "LB": [54.0, 56.0], "+LR": [50.0, 50.0]}))
+    assert readme.hoffer_claim(level).endswith("no gap beyond the noise (at least 3 times the "
+                                               "larger std); the remedies cannot be judged against it.")
+
+
+def test_readme_hoffer_block_is_the_recorded_twins_rendered():
+    """README.md's Hoffer block is exactly what the recorded runs (docs/hoffer_*.json) render to."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split(readme.HOFFER_BEGIN, 1)[1].split(readme.HOFFER_END, 1)[0].strip()
+    assert block == readme.hoffer_block(ROOT / "docs")
+    assert block.count("**") >= 2  # at least one twin recorded
+
+
+def test_update_hoffer_records_a_run_and_rewrites_only_its_block(tmp_path):
+    page = tmp_path / "README.md"
+    page.write_text(f"a\n{readme.BEGIN}\nkeep\n{readme.END}\n{readme.HOFFER_BEGIN}\nold\n"
+                    f"{readme.HOFFER_END}\nb\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    results = {"experiment": "hoffer", "network": "F1", "dataset": "mnist1d",
+               "environment": {"cpu_cores": 2}, "paper": ["MNIST", [98.27, 97.05, 97.55, 97.6,
+                                                                   98.53]],
+               "runs": hoffer_runs({"SB": [73.0, 75.0], "LB": [61.0, 61.0], "+LR": [67.0, 67.0],
+                                    "+GBN": [71.0, 71.0], "+RA": [76.0, 76.0]})}
+    (run / "results.json").write_text(json.dumps(results))
+    readme.update(page, run, tmp_path)
+    text = page.read_text()
+    assert "keep" in text and "old" not in text and (tmp_path / "hoffer_F1.json").is_file()
+    cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]]
+             for ln in text.splitlines() if ln.startswith("| ")}
+    assert cells["test"] == ["74.00 ± 1.41", "61.00 ± 0.00", "67.00 ± 0.00", "71.00 ± 0.00",
+                             "76.00 ± 0.00"]
+    assert cells["paper (MNIST, test)"] == ["98.27", "97.05", "97.55", "97.60", "98.53"]
+    assert "SB 32, LB 1024, 2 trials; 10 epochs (320 in +RA); 5.0 min of training" in text

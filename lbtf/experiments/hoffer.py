@@ -14,6 +14,8 @@ clipping), lbtf.layers.GhostBatchNormalization, lbtf.remedies.diffusion_fit.
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 
 from lbtf import figures, report
@@ -38,6 +40,7 @@ def authors_way(cfg: Config) -> Config:
 
 
 def run(cfg: Config, log=print):
+    started = time.perf_counter()
     data, strategy, batches = prepare.prepare(
         cfg, {"SB": cfg.training.sb_batch_size, "LB": cfg.training.lb_batch_size})
     run_dir = rundir.start_run(cfg, "hoffer", strategy)
@@ -58,11 +61,13 @@ def run(cfg: Config, log=print):
             base, data, [{"trial": r.trial, "regime": r.regime, "checkpoint": r.checkpoint}
                          for r in trained.itertuples()],
             strategy=strategy, log=log, cache_dir=run_dir / "measurements")
-    _write(base, data, strategy, run_dir, all_runs, trained, found, log)
+    _write(base, data, strategy, run_dir, all_runs, trained, found, log,
+           seconds=time.perf_counter() - started)
     return run_dir
 
 
-def _write(cfg: Config, data, strategy, run_dir, all_runs, trained, found, log) -> None:
+def _write(cfg: Config, data, strategy, run_dir, all_runs, trained, found, log, *,
+           seconds: float) -> None:
     """report.md, the diffusion figure and results.json."""
     primary = sharpness.primary_sharpness(found, cfg.measure.bn_measure)
     summary = remedies.summarize(all_runs, primary)
@@ -83,7 +88,8 @@ def _write(cfg: Config, data, strategy, run_dir, all_runs, trained, found, log) 
         figures.save(fig, run_dir, "diffusion", writer=writer,
                      caption="‖w_t − w_0‖ against training steps (log scale), first trial."),
         "## Runs", report.runs_markdown(all_runs)])
-    results = {"experiment": "hoffer", "network": cfg.model.network, "dataset": data.name,
+    results = {"experiment": "hoffer", "seconds": seconds, "network": cfg.model.network,
+               "dataset": data.name,
                "environment": rundir.environment(strategy),
                "measurement": sharpness.measurement_record(cfg),
                "columns": {name: changes for name, (_, changes) in COLUMNS.items()},
