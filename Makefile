@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_remedies.py
 	$(PY) bench/bench_epoch.py
 	$(PY) bench/bench_hessian.py
+	$(PY) bench/bench_scaling.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

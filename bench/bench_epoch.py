@@ -9,8 +9,10 @@ over the epochs after the first, which compiles.
 
 Target (issue 15): at most 1.2x. By arithmetic the measurement needs one forward pass over the
 training set and one over the test set: (60000 + 10000) / (3 x 60000) = 0.39 of a training pass
-at equal efficiency, so every-epoch measurement cannot go under about 1.3x at LB, where the
-training pass runs at the matrix-product rate; the output shows the parts.
+at equal efficiency, so every-epoch measurement (the paper's, lbtf's default) cannot go under
+about 1.3x at LB, where the training pass runs at the matrix-product rate; the output shows the
+parts. With `--measure_every=3` (patience still in epochs) it costs a third: the target applies
+to that line. An epoch's cost there is the time between two log lines divided by 3.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from bench_train import ratio_cell, summary  # noqa: E402
 
 from lbtf.data import load_synthetic  # noqa: E402
 from lbtf.models import build_model  # noqa: E402
@@ -36,13 +39,15 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f}s ({min(values):.2f}-{max(values):.2f})"
 
 
-def bench(data, batch: int, epochs: int) -> dict:
+def bench(data, batch: int, epochs: int, every: int) -> dict:
+    """Per-epoch cost in fit measuring every `every` epochs, and the bare training pass."""
     trainer = Trainer(lambda: build_model("F1", input_shape=(784,), num_classes=10), data,
-                      TrainConfig(batch_size=batch, max_epochs=epochs + 1, patience=epochs + 2))
+                      TrainConfig(batch_size=batch, max_epochs=every * (epochs + 1),
+                                  patience=every * (epochs + 2), measure_every=every))
     stamps = []
     with tempfile.TemporaryDirectory() as d:
         fit(trainer, checkpoint_dir=d, log=lambda line: stamps.append(time.perf_counter()))
-    whole = list(np.diff(stamps))  # epoch 2 onwards: epoch 1 compiles
+    whole = [t / every for t in np.diff(stamps)]  # after the first row: its epochs compile
     rng = np.random.default_rng(1)
     passes, measures = [], []
     for _ in range(epochs):
@@ -53,26 +58,30 @@ def bench(data, batch: int, epochs: int) -> dict:
         trainer.measure()
         measures.append(time.perf_counter() - t)
     median = statistics.median
-    ratio = median(whole) / median(passes)
-    print(f"batch {batch}: epoch in fit {spread(whole)}; training pass {spread(passes)}; "
-          f"measurement {spread(measures)} ({trainer.bn_eval_source}); rest (checkpoints, "
-          f"logging) {median(whole) - median(passes) - median(measures):.2f}s")
-    return {"batch": batch, "ratio": ratio, "whole": whole, "passes": passes}
+    print(f"batch {batch}, measured every {every} epoch(s): epoch in fit {spread(whole)}; training "
+          f"pass {spread(passes)}; measurement {spread(measures)} ({trainer.bn_eval_source}); "
+          f"rest (checkpoints, logging) "
+          f"{median(whole) - median(passes) - median(measures) / every:.2f}s")
+    return {"batch": batch, "every": every, "whole": whole, "passes": passes}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs (after one compiling)")
     parser.add_argument("--batches", default="256,6000", help="SB and LB of the paper")
+    parser.add_argument("--measure_every", default="1,3", help="measuring intervals to time")
     args = parser.parse_args()
     data = load_synthetic(shape=(784,), num_classes=10, num_train=60000, num_test=10000, seed=0)
-    rows = [bench(data, int(b), args.epochs) for b in args.batches.split(",")]
-    print("\n| measure | median (min-max) | target | met |\n|---|---|---|---|")
-    for r in rows:
-        lo = min(r["whole"]) / max(r["passes"])
-        hi = max(r["whole"]) / min(r["passes"])
-        print(f"| epoch in fit / training pass, batch {r['batch']} | {r['ratio']:.2f}x "
-              f"({lo:.2f}-{hi:.2f}) | <= {TARGET}x | {'met' if r['ratio'] <= TARGET else 'NOT MET'} |")
+    rows = []
+    for b in args.batches.split(","):
+        for every in map(int, args.measure_every.split(",")):
+            r = bench(data, int(b), args.epochs, every)
+            cell, med = ratio_cell(r["whole"], r["passes"])
+            target = every > 1  # every epoch cannot reach it (see above): reported, not judged
+            rows.append((f"epoch in fit / training pass, batch {b}, measured every {every}", cell,
+                         f"<= {TARGET}x" if target else "- (>= 1.39x by arithmetic)",
+                         med <= TARGET if target else None))
+    summary(rows)
 
 
 if __name__ == "__main__":
