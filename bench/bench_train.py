@@ -2,7 +2,9 @@
 
 F1 on MNIST-shaped synthetic data (60000 x 784), Adam, batch 256 and 6000. Also reports the loop's
 FLOP/s against a large float32 matrix product measured in the same process (the machine's practical
-peak), so the figures are ratios, comparable across machines. Targets (issue 3): >= 2x fit at
+peak), so the figures are ratios, comparable across machines. Last, a convolutional step (C1 on
+8x8 images, batch 1024) with and without XLA: lbtf compiles convolutions on a CPU without it
+(`lbtf.objective.use_xla`), and this line says why. Targets (issue 3): >= 2x fit at
 batch 256, >= 1.2x at batch 6000, >= 75% of the matrix product's FLOP/s at both. Each figure is the
 median of --repeats timed epochs, with the range its extremes allow (min-max), and the run ends
 with one summary table.
@@ -101,6 +103,28 @@ def bench_batch(data, batch: int, repeats: int) -> dict:
             "flops": flops, "loop_s": t_loop}
 
 
+def conv_step_seconds(jit: bool, repeats: int, batch: int = 1024) -> list[float]:
+    """Seconds of one SGD step of C1 on 8x8x1 images, as a bare tf.function with or without XLA."""
+    keras.utils.set_random_seed(0)
+    model = build_model("C1", input_shape=(8, 8, 1), num_classes=10)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    x = tf.random.uniform((batch, 8, 8, 1))
+    y = tf.random.uniform((batch,), maxval=10, dtype=tf.int32)
+
+    @tf.function(jit_compile=jit)
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                y, model(x, training=True)))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    step().numpy()
+    return times(lambda: step().numpy(), repeats)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=5, help="timed epochs; the median is kept")
@@ -124,6 +148,12 @@ def main() -> None:
                      f">= {target}x" if target else "-", None if target is None else ratio >= target))
         rows.append((f"training FLOP/s against the matrix product, batch {b}", share_text,
                      ">= 75%", share >= 75))
+    xla, plain = conv_step_seconds(True, args.repeats), conv_step_seconds(False, args.repeats)
+    print(f"C1 step, batch 1024, 8x8 images: XLA {statistics.median(xla):.3f}s, without "
+          f"{statistics.median(plain):.3f}s")
+    text, _ = ratio_cell(xla, plain)
+    rows.append(("C1 step on CPU, XLA against TensorFlow's kernels (lbtf: no XLA)", text, "-",
+                 None))
     summary(rows)
 
 

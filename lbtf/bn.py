@@ -21,6 +21,7 @@ import tensorflow as tf
 from keras import ops
 
 from lbtf.choices import MEASURE_BN
+from lbtf.objective import use_xla
 
 
 def bn_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -135,7 +136,7 @@ class BatchNormEstimator:
             self._moments = tf.function(
                 lambda xb: [tf.nn.moments(h, axes=ax)
                             for h, ax in zip(_as_list(probe(xb, training=True)), axes, strict=True)],
-                jit_compile=jit_compile)
+                jit_compile=use_xla(model, requested=jit_compile))
 
     @staticmethod
     def _channel_axes(layer) -> set[int]:
@@ -199,7 +200,7 @@ class PopulationPass:
             hit = tf.equal(tf.argmax(probs, -1, output_type=tf.int32), tf.cast(ys, tf.int32))
             return moments, tf.reduce_mean(loss(ys, probs)), tf.reduce_mean(tf.cast(hit, tf.float32))
 
-        self._run = tf.function(run, jit_compile=jit_compile)
+        self._run = tf.function(run, jit_compile=use_xla(model, requested=jit_compile))
 
     def __call__(self) -> tuple[float, float]:
         """Assigns the population statistics; returns the set's mean loss and accuracy."""

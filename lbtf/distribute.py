@@ -109,3 +109,4 @@ def split_columns(strategy: tf.distribute.Strategy, idx: tf.Tensor) -> object:
         return idx[:, r * b:(r + 1) * b]
 
     return strategy.experimental_distribute_values_from_function(columns)
+

@@ -24,7 +24,7 @@ from lbtf.checkpoints import Checkpoints, keep_weights, restore_weights  # noqa:
 from lbtf.choices import parse_batch_size, resolve_batch_size  # noqa: F401  (re-exported)
 from lbtf.data import Dataset
 from lbtf.distribute import split_columns, worker
-from lbtf.objective import EvalSet, make_evaluator
+from lbtf.objective import EvalSet, make_evaluator, use_xla
 from lbtf.objective import default_loss as per_example_loss
 from lbtf.optim import global_gradients, learning_rate_schedule, make_optimizer
 from lbtf.remedies import Remedies
@@ -39,7 +39,7 @@ class TrainConfig:
     min_delta: float = 1e-4
     steps_per_loop: int = 0          # 0: a whole epoch per in-graph loop
     eval_batch_size: int = 2048
-    jit_compile: bool = True          # XLA, on a single replica only
+    jit_compile: bool = True          # XLA, on one replica, not for convolutions on CPU
     checkpoint_every: int = 0         # also keep every N-th epoch's weights (0: only those read
                                       # back: the start, the lowest training loss, the last)
     measure_every: int = 1            # measure (and test for stopping) every N-th epoch and the
@@ -111,7 +111,6 @@ class Trainer:
         self.strategy = strategy or tf.distribute.get_strategy()
         self.config = config
         self.data = data
-        single = self.strategy.num_replicas_in_sync == 1
         remedy = config.remedies
         with self.strategy.scope():
             self.model = build()
@@ -122,6 +121,8 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             self._anchors = ([tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
                              if remedy.conservative_lambda else [])
+        xla = use_xla(self.model, requested=config.jit_compile,
+                      replicas=self.strategy.num_replicas_in_sync)
         self._augment = augment.pipeline(
             keskar=remedy.augment, seed=config.seed,
             crop_flip_pad=config.crop_flip_pad)
@@ -135,19 +136,16 @@ class Trainer:
         self._y = tf.constant(data.y_train)
         # Appendix E's image transforms have no XLA kernel: such training runs as a plain graph.
         self._loop = tf.function(self._run_steps,
-                                 jit_compile=config.jit_compile and single
-                                 and augment.jit_compatible(self._augment))
-        self.evaluate = make_evaluator(self.model, config.jit_compile and single)
+                                 jit_compile=xla and augment.jit_compatible(self._augment))
+        self.evaluate = make_evaluator(self.model, xla)
         self.eval_sets = {"train": EvalSet(data.x_train, data.y_train, config.eval_batch_size),
                           "test": EvalSet(data.x_test, data.y_test, config.eval_batch_size)}
         self._population = None
         if config.bn_eval == "recompute":
             with self.strategy.scope():
                 self._population = population_pass(self.model, self._x, self._y,
-                                                   loss=per_example_loss,
-                                                   jit_compile=config.jit_compile and single)
-        self._bn_estimator = (None if self._population else
-                              self._make_bn_estimator(config.jit_compile and single))
+                                                   loss=per_example_loss, jit_compile=xla)
+        self._bn_estimator = None if self._population else self._make_bn_estimator(xla)
         self._start_diffusion()
 
     def _make_bn_estimator(self, jit_compile: bool):
@@ -349,7 +347,8 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
     """Trains until the training loss stops improving (or max_epochs, or a non-finite loss).
 
     The training loss that drives stopping is measured over the whole training set after each
-    epoch, in inference mode, like the accuracies the paper reports. `seed` drives the shuffling.
+    epoch (or every `measure_every`-th and the last), in inference mode, like the accuracies the
+    paper reports. `seed` drives the shuffling.
     The run starts from the trainer's current weights. Weights are kept for epoch 0 (the starting
     point), the epoch of lowest training loss so far (the point measurements take by default, see
     `best_epoch`; a superseded one is deleted), the last epoch and, on request, every

@@ -1,12 +1,13 @@
 """The measured function f (lbtf.objective): gradients, inference mode, subsets, Keras 1's
 clipped loss, padded evaluation."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from nets import small_data, small_net
 
-from lbtf.objective import EvalSet, Objective, flat_weights, make_evaluator
+from lbtf.objective import EvalSet, Objective, flat_weights, make_evaluator, use_xla
 from lbtf.sharpness import keskar_sharpness
 
 
@@ -70,3 +71,17 @@ def test_evaluator_matches_numpy_with_padding():
     ref_loss = -np.mean(np.log(probs[np.arange(64), y]))
     ref_acc = np.mean(probs.argmax(1) == y)
     assert loss == pytest.approx(ref_loss, rel=1e-5) and acc == pytest.approx(ref_acc)
+
+
+def test_xla_is_used_on_one_replica_and_not_for_convolutions_on_cpu():
+    dense = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    inner = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3)])
+    outer = keras.Sequential([keras.Input((6, 6, 1)), inner, keras.layers.Flatten(),
+                              keras.layers.Dense(3)])
+    gpu = bool(tf.config.list_logical_devices("GPU"))
+    assert use_xla(dense) and not use_xla(dense, requested=False)
+    assert not use_xla(dense, replicas=2)
+    assert use_xla(outer) == gpu  # a convolution one level down counts
+    from lbtf.models import build_model
+    assert use_xla(build_model("F1", input_shape=(40,), num_classes=10))
+    assert use_xla(build_model("resnet44", input_shape=(8, 8, 1), num_classes=10)) == gpu
