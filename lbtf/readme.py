@@ -164,6 +164,12 @@ def hoffer_claim(runs: pd.DataFrame) -> str:
                "(at least 3 times the larger std)"))
     if not beyond:
         return text + "; the remedies cannot be judged against it."
+    train = runs.groupby("regime").train_acc.mean() * 100
+    fit = train["SB"] - train["LB"]
+    text += (f" ({fit:.2f} of its points already in training accuracy: mostly underfitting, too "
+             "few updates, rather than a generalisation gap)" if fit >= gap / 2 else
+             f" (training accuracy: LB {train['LB'] - train['SB']:+.2f} points against SB, so a "
+             "generalisation gap)")
     closed = [f"{c} {100 * (acc[c][0] - lb) / gap:.0f}%" for c in report.HOFFER_COLUMNS[2:]
               if c in acc]
     return text + "; share of it closed: " + ", ".join(closed) + "."

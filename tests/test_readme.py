@@ -71,8 +71,13 @@ def test_hoffer_claim_gives_the_gap_and_the_share_each_column_closes():
     # SB 74 +- 1.41 (sample std), LB 61: 13 points = 9.2 stds; +LR closes 6/13, +GBN 10/13,
     # +RA 15/13 of it.
     assert readme.hoffer_claim(runs) == (
-        "LB is 13.00 points below SB, 9.2 times the larger std: a gap beyond the noise; share of "
-        "it closed: +LR 46%, +GBN 77%, +RA 115%.")
+        "LB is 13.00 points below SB, 9.2 times the larger std: a gap beyond the noise (training "
+        "accuracy: LB +0.00 points against SB, so a generalisation gap); share of it closed: "
+        "+LR 46%, +GBN 77%, +RA 115%.")
+    # LB 40 points short in training accuracy of a 13-point test gap: underfitting.
+    runs.loc[runs.regime == "LB", "train_acc"] = 0.6
+    assert "(40.00 of its points already in training accuracy: mostly underfitting" in (
+        readme.hoffer_claim(runs))
     level = pd.DataFrame(hoffer_runs({"SB": [55.0, 57.0], "LB": [54.0, 56.0], "+LR": [50.0, 50.0]}))
     assert readme.hoffer_claim(level).endswith("no gap beyond the noise (at least 3 times the "
                                                "larger std); the remedies cannot be judged against it.")
