@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_epoch.py
 	$(PY) bench/bench_hessian.py
 	$(PY) bench/bench_scaling.py
+	$(PY) bench/bench_profile.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
