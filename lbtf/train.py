@@ -121,8 +121,8 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             self._anchors = ([tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
                              if remedy.conservative_lambda else [])
-        xla = use_xla(self.model, requested=config.jit_compile,
-                      replicas=self.strategy.num_replicas_in_sync)
+        self.xla = xla = use_xla(self.model, requested=config.jit_compile,
+                                 replicas=self.strategy.num_replicas_in_sync)
         self._augment = augment.pipeline(
             keskar=remedy.augment, seed=config.seed,
             crop_flip_pad=config.crop_flip_pad)
@@ -283,7 +283,7 @@ class Trainer:
 
     @property
     def bn_eval_source(self) -> str:
-        """Where measurements take BN statistics from, in words (printed by bench_epoch)."""
+        """Where measurements take BN statistics from, in words (in every run's record)."""
         if self._population is not None:
             return "population statistics of the whole training set (one fused pass)"
         if self._bn_estimator is not None:

@@ -157,6 +157,7 @@ def test_hoffer_columns_train_as_the_table_says():
     assert (got["+LR"][0], *got["+LR"][1]) == pytest.approx((0.1 * s, 0.01 * s, 0.001 * s))
     assert got["+GBN"][2:] == (30, (10, 20), "ghost")
     assert got["+RA"][2:] == (960, (320, 640), "ghost") and got["+RA"][0] == pytest.approx(0.1 * s)
+    assert training_config(override(cfg, COLUMNS["+RA"][1]), 4096).measure_every == 32
     assert cfg.measure.measure_point == "last"
 
 
@@ -171,6 +172,10 @@ def test_hoffer_table_end_to_end(data_dir, tmp_path):
     assert list(runs.index) == ["SB", "LB", "+LR", "+GBN", "+RA"]
     # Fixed budgets: 2 epochs, and 2 x 200 / 50 = 8 with regime adaptation; measured at the last.
     assert list(runs.epochs) == [2, 2, 2, 2, 8] and (runs.measured_epoch == runs.epochs).all()
+    # +RA is measured every 4 epochs, at the points of its regime SB is measured at.
+    history = pd.read_csv(tmp_path / "h" / "history.csv")
+    assert list(history[(history.regime == "+RA") & (history.trial == 0)].epoch) == [4, 8]
+    assert (runs.bn_eval_source == "moving averages").all() and runs.xla.dtype == bool
     assert runs.learning_rate["+LR"] == pytest.approx(0.1) and runs.learning_rate["LB"] == 0.05
     assert results["paper"][0] == "MNIST" and "| paper, F1 on MNIST" in log
     report = (tmp_path / "h" / "report.md").read_text()

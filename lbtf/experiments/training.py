@@ -92,7 +92,8 @@ def train_once(trainer: Trainer, *, name: str, run_dir: Path, seed: int, hparams
     final = {k: v for k, v in result.final.items() if k not in ("epoch", "steps")}
     return {"epochs": result.history[-1]["epoch"], "stop_reason": result.stop_reason, **final,
             "seconds": result.seconds, "checkpoint_dir": result.checkpoint_dir,
-            "learning_rate": trainer.config.learning_rate, "history": result.history,
+            "learning_rate": trainer.config.learning_rate, "xla": trainer.xla,
+            "bn_eval_source": trainer.bn_eval_source, "history": result.history,
             "diffusion": result.diffusion}
 
 
