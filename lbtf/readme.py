@@ -212,7 +212,7 @@ def _replace_block(text: str, begin: str, end: str, body: str) -> str:
     return head + begin + "\n\n" + body + "\n\n" + end + rest.split(end, 1)[1]
 
 
-def update_hoffer(readme: Path, run_dir: Path, results: dict, docs: Path) -> None:
+def update_hoffer(readme: Path, results: dict, docs: Path) -> None:
     """Records a finished hoffer run in docs and regenerates the README's Hoffer block."""
     text = readme.read_text()
     if HOFFER_BEGIN not in text or HOFFER_END not in text:
@@ -231,7 +231,7 @@ def update(readme: Path, run_dir: Path, docs: Path) -> None:
                          "make results RUN=outputs/table2_<timestamp>")
     results = json.loads(source.read_text())
     if results.get("experiment") == "hoffer":
-        return update_hoffer(readme, run_dir, results, docs)
+        return update_hoffer(readme, results, docs)
     if results.get("experiment") != "table2" or not results.get("measurements"):
         raise UsageError(f"{run_dir} is not a table2 run with sharpness measurements")
     missing = [n for n in FIGURES if not (run_dir / f"{n}.png").is_file()]
