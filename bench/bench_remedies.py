@@ -2,7 +2,8 @@
 
 (a) ghost batch normalisation's training throughput against standard BN at the same batch
     (target: at most 10% slower); (b) a SAM step against a plain Adam step (expected: about 2x,
-    two forward-backward passes). Medians of --repeats epochs with min-max, then a summary table.
+    two forward-backward passes). Medians of --repeats epochs, the two sides alternating, with
+    min-max, then a summary table.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from lbtf.remedies import Remedies  # noqa: E402
 from lbtf.train import TrainConfig, Trainer  # noqa: E402
 
 
-def epoch_seconds(data, *, batch: int, norm: str, ghost: int, repeats: int,
-                  **config) -> list[float]:
-    """Seconds of `repeats` training epochs (after one epoch of tracing and compilation)."""
+def epochs(data, *, batch: int, norm: str, ghost: int, **config):
+    """A function running one training epoch, traced and compiled by a first epoch."""
     def build():
         keras.utils.set_random_seed(0)
         return build_model("F1", input_shape=data.input_shape, num_classes=data.num_classes,
@@ -36,28 +36,39 @@ def epoch_seconds(data, *, batch: int, norm: str, ghost: int, repeats: int,
     trainer = Trainer(build, data, TrainConfig(batch_size=batch, **config))
     rng = np.random.default_rng(0)
     trainer.train_epoch(rng)
-    return times(lambda: trainer.train_epoch(rng), repeats)
+    return lambda: trainer.train_epoch(rng)
+
+
+def paired(first, second, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds of `repeats` epochs of each, alternating, so that drift in the machine's speed
+    (other processes, frequency) falls on both alike."""
+    a, b = [], []
+    for _ in range(repeats):
+        a += times(first, 1)
+        b += times(second, 1)
+    return a, b
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batches", type=int, nargs="+", default=[1024, 6000])
     p.add_argument("--ghost", type=int, default=128)
     args = p.parse_args()
     data = load_synthetic(shape=(784,), num_classes=10, num_train=60000, num_test=1000)
-    run = functools.partial(epoch_seconds, data, ghost=args.ghost, repeats=args.repeats)
+    run = functools.partial(epochs, data, ghost=args.ghost)
     rows = []
     for b in args.batches:
-        standard, ghost = run(batch=b, norm="standard"), run(batch=b, norm="ghost")
+        standard, ghost = paired(run(batch=b, norm="standard"), run(batch=b, norm="ghost"),
+                                 args.repeats)
         print(f"(a) batch {b}: standard BN {statistics.median(standard):.2f}s an epoch, ghost BN "
               f"({args.ghost}) {statistics.median(ghost):.2f}s")
         text, ratio = ratio_cell(ghost, standard)
         rows.append((f"ghost BN ({args.ghost}) against standard BN, batch {b}", text, "<= 1.10x",
                      ratio <= 1.10))
     b = args.batches[0]
-    plain = run(batch=b, norm="standard")
-    sam = run(batch=b, norm="standard", remedies=Remedies(sam_rho=0.05))
+    plain, sam = paired(run(batch=b, norm="standard"),
+                        run(batch=b, norm="standard", remedies=Remedies(sam_rho=0.05)), args.repeats)
     text, ratio = ratio_cell(sam, plain)
     rows.append((f"SAM step against a plain step, batch {b}", text,
                  "none (two passes: about 2x expected)", None))

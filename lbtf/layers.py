@@ -41,18 +41,18 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
         if not (training and self.trainable):
             return super().call(inputs, training=False, mask=mask)
         x = tf.cast(inputs, "float32")
+        # tf.nn.moments and tf.nn.batch_normalization per ghost, the ops Keras' BatchNormalization
+        # runs on the whole batch: a ghost batch as large as the batch is standard BN, op for op.
+        gamma = tf.cast(self.gamma, x.dtype) if self.scale else None
+        beta = tf.cast(self.beta, x.dtype) if self.center else None
         if x.shape[0] is None:  # dynamic batch: per-example ghost indices and segment sums
-            out, mean, var = self._normalize_dynamic(x)
+            out, mean, var = self._normalize_dynamic(x, gamma, beta)
         else:  # static batch (lbtf's loop): whole ghosts as a reshape, plus a smaller last one
-            out, mean, var = self._normalize_static(x)
+            out, mean, var = self._normalize_static(x, gamma, beta)
         self._update_moving(mean, var)
-        if self.scale:
-            out = out * tf.cast(self.gamma, out.dtype)
-        if self.center:
-            out = out + tf.cast(self.beta, out.dtype)
         return tf.cast(out, self.compute_dtype)
 
-    def _normalize_static(self, x):
+    def _normalize_static(self, x, gamma, beta):
         n, v = x.shape[0], self.virtual_batch_size
         full = n // v * v
         pieces, means, variances = [], [], []
@@ -61,20 +61,20 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
                 continue
             g = tf.reshape(x[start:start + size * count], [count, size, *x.shape[1:]])
             axes = list(range(1, len(g.shape) - 1))
-            mean = tf.reduce_mean(g, axis=axes, keepdims=True)
-            var = tf.reduce_mean(tf.square(g - mean), axis=axes, keepdims=True)
-            pieces.append(tf.reshape((g - mean) * tf.math.rsqrt(var + self.epsilon),
-                                     [size * count, *x.shape[1:]]))
+            mean, var = tf.nn.moments(g, axes, keepdims=True)
+            out = tf.nn.batch_normalization(g, mean, var, beta, gamma, self.epsilon)
+            pieces.append(tf.reshape(out, [size * count, *x.shape[1:]]))
             means.append(tf.reshape(mean, [count, -1]))
             variances.append(tf.reshape(var, [count, -1]))
-        return tf.concat(pieces, 0), tf.concat(means, 0), tf.concat(variances, 0)
+        out = pieces[0] if len(pieces) == 1 else tf.concat(pieces, 0)
+        return out, tf.concat(means, 0), tf.concat(variances, 0)
 
-    def _normalize_dynamic(self, x):
+    def _normalize_dynamic(self, x, gamma, beta):
         mean, var, ghost_of = self._ghost_moments(x)
         shape = tf.concat([[-1], tf.ones([len(x.shape) - 2], tf.int32), [x.shape[-1]]], 0)
         m = tf.reshape(tf.gather(mean, ghost_of), shape)
         v = tf.reshape(tf.gather(var, ghost_of), shape)
-        return (x - m) * tf.math.rsqrt(v + self.epsilon), mean, var
+        return tf.nn.batch_normalization(x, m, v, beta, gamma, self.epsilon), mean, var
 
     def _ghost_moments(self, x):
         """Per-ghost mean and biased variance [G, C], and each example's ghost index [n]."""

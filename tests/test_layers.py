@@ -43,9 +43,26 @@ def test_ghost_bn_matches_numpy(shape, v, dynamic):
 
 
 def test_ghost_bn_is_standard_bn_when_the_ghost_holds_the_batch():
-    x = RNG.normal(1, 2, size=(16, 6)).astype(np.float32)
+    """Same outputs, gradients (input, gamma, beta) and moving statistics as Keras' BN, with a
+    scale and offset that are not the identity."""
+    x = tf.constant(RNG.normal(1, 2, size=(16, 6)).astype(np.float32))
     ghost, standard = GhostBatchNormalization(virtual_batch_size=16), keras.layers.BatchNormalization()
-    np.testing.assert_allclose(ghost(x, training=True), standard(x, training=True), atol=1e-5)
+    gamma, beta = RNG.normal(1, 0.5, size=6), RNG.normal(0, 1, size=6)
+    weights = tf.reshape(tf.range(1.0, 97.0), (16, 6))  # a loss whose gradient is not zero
+    outs, grads = [], []
+    for layer in (ghost, standard):
+        layer.build(x.shape)
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = layer(x, training=True)
+            loss = tf.reduce_sum(out * weights)
+        outs.append(out.numpy())
+        grads.append([g.numpy() for g in tape.gradient(loss, [x, layer.gamma, layer.beta])])
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+    for g_ghost, g_standard in zip(*grads, strict=True):
+        np.testing.assert_allclose(g_ghost, g_standard, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ghost.moving_variance, standard.moving_variance, rtol=1e-6)
     np.testing.assert_allclose(ghost.moving_mean, standard.moving_mean, atol=1e-7)
 
