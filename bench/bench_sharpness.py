@@ -111,7 +111,7 @@ def main() -> None:
     print(f"(a) full space: {statistics.median(f.seconds for f in full):.1f}s for {full[0].nfev} "
           f"evaluations; phi = {full[0].value:.2f}")
     for label, budget, target in (("held", 4096, 1.1), ("streamed", args.budget_mb, 1.5)):
-        sub_eval = []
+        sub_eval, products = [], []
         for _ in range(r):
             with PeakRSS() as mem:
                 sub = Subspace(w0.size, 100, seed=0, memory_budget_mb=budget)
@@ -120,9 +120,19 @@ def main() -> None:
                 res = sharpness_at(obj, w0, epsilon=1e-3, subspace=sub, center=center,
                                    maxiter=args.maxiter)
                 sub_eval.append((time.perf_counter() - t0) / res.nfev)
+            if sub.streamed:  # where the time goes: A y and A^T g regenerate A's n x p entries
+                products.append(_timed(lambda s=sub: s.matvec(np.ones(s.p)))
+                                + _timed(lambda s=sub: s.rmatvec(np.ones(s.n))))
+                generated = 2 * sub.n * sub.p
             del sub
         rows.append((f"(c) subspace p=100, A {label}, per evaluation against full space",
                      *_cell(sub_eval, per_eval, f"<= {target}x", lambda m, t=target: m <= t)))
+        if products:
+            floor = [f + q for f, q in zip(per_eval, products, strict=True)]
+            rows.append(("(c) streamed: full space + A y + A^T g timed alone, against full space",
+                         *_cell(floor, per_eval, "- (floor: A generated twice)", lambda m: None)))
+            print(f"(c) streamed A y + A^T g alone: {statistics.median(products):.2f}s, generating "
+                  f"{generated / 1e6:.0f}M normal numbers (Philox, Box-Muller)")
         print(f"(c) subspace p=100, A {label} (budget {budget:g} MB): peak memory +{mem.mb:.0f} "
               f"MB (full space +{mem_full.mb:.0f} MB); {res.nfev} evaluations")
     naive = []
