@@ -1,5 +1,6 @@
-"""The Hessian's top eigenvalue: Lanczos (lbtf.hessian, ARPACK) against power iteration (what
-PyHessian uses), counted in Hessian-vector products on F1.
+"""The Hessian's top eigenvalue: Lanczos (lbtf.hessian) against power iteration (what PyHessian
+uses) and ARPACK's restarted Lanczos (scipy's eigsh, lbtf's method until 2026-12), counted in
+Hessian-vector products on F1.
 
 F1 is trained with Adam at batch 400 on MNIST-1D (4000 examples) for a few epochs, near a
 minimum, and the Hessian of the training loss is taken over a seeded 1000-example subset. A
@@ -20,12 +21,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import scipy.sparse.linalg  # noqa: E402
 
 from lbtf.data import load_mnist1d  # noqa: E402
 from lbtf.hessian import power_iteration_at, top_eigenvalues_at  # noqa: E402
 from lbtf.models import build_model  # noqa: E402
 from lbtf.objective import Objective, flat_weights, subsample  # noqa: E402
 from lbtf.train import TrainConfig, Trainer  # noqa: E402
+
+
+def arpack_products(objective, w, tol: float, ncv: int, seed: int = 0) -> int:
+    """Hessian-vector products scipy's eigsh (ARPACK, Krylov size ncv) spends on the top eigenvalue
+    at ARPACK's rule (residual <= tol |theta|, the rule lbtf's Lanczos stops on), from lbtf's start."""
+    count = [0]
+
+    def matvec(v):
+        count[0] += 1
+        return objective.hessian_vector_product(w, np.ravel(v))
+
+    op = scipy.sparse.linalg.LinearOperator((w.size, w.size), matvec=matvec, dtype=np.float64)
+    v0 = np.random.default_rng(seed).normal(size=w.size)
+    scipy.sparse.linalg.eigsh(op, k=1, which="LA", tol=tol, v0=v0, ncv=ncv, return_eigenvectors=False)
+    return count[0]
 
 
 class Reached(Exception):
@@ -66,7 +83,7 @@ def main() -> None:
     w = flat_weights(trainer.model)
     reference = top_eigenvalues_at(objective, w, tol=1e-8).eigenvalues[0]
     lanczos = top_eigenvalues_at(objective, w, tol=args.tol)
-    scipy_default = top_eigenvalues_at(objective, w, tol=args.tol, ncv=20)
+    arpack = {ncv: arpack_products(objective, w, args.tol, ncv) for ncv in (6, 20)}
     power = power_iteration_at(objective, w, tol=args.tol)
     error = lambda value: abs(value - reference) / abs(reference)  # noqa: E731
     # Power iteration again from the same start, until its Rayleigh quotient is within tol of the
@@ -79,8 +96,8 @@ def main() -> None:
         within = watched.count
     print(f"reference top eigenvalue (Lanczos, tol 1e-8): {reference:.6g}")
     print(f"Lanczos, tol {args.tol:g}: {lanczos.num_hvp} products, relative error "
-          f"{error(lanczos.eigenvalues[0]):.1e} (scipy's default Krylov size 20: "
-          f"{scipy_default.num_hvp} products)")
+          f"{error(lanczos.eigenvalues[0]):.1e} (ARPACK at the same rule: {arpack[6]} products with "
+          f"Krylov size 6, {arpack[20]} with scipy's default 20)")
     print(f"power iteration, stopping rule tol {args.tol:g}: {power.num_hvp} products, relative "
           f"error {error(power.eigenvalues[0]):.1e}; within {args.tol:g} of the reference after "
           f"{within} products")
@@ -109,6 +126,8 @@ def clustered(tol: float) -> tuple[str, int, int | None]:
     w = np.zeros(len(quad.h))
     lanczos = top_eigenvalues_at(quad, w, tol=tol)
     assert abs(lanczos.eigenvalues[0] - 10) <= tol * 10
+    print(f"clustered spectrum: Lanczos {lanczos.num_hvp} products, ARPACK "
+          f"{arpack_products(quad, w, tol, 6)} (Krylov size 6)")
     watched = Watched(quad, lambda q: abs(q - 10) <= tol * 10)
     try:
         power_iteration_at(watched, w, tol=0.0, maxiter=5000)

@@ -61,3 +61,34 @@ def test_power_iteration_and_lanczos_find_a_known_top_eigenvalue_and_count_produ
     assert lanczos.eigenvalues[0] == pytest.approx(10.0, rel=1e-6)
     # Power iteration converges like 0.95^(2t); Lanczos like a Chebyshev polynomial: far fewer.
     assert lanczos.num_hvp < power.num_hvp / 2
+
+
+def test_lanczos_stops_on_its_residual_bound_before_arpack_and_says_when_it_cannot():
+    """At ARPACK's own rule (residual <= tol |theta|) unrestarted Lanczos spends fewer products than
+    scipy's eigsh, and its value is within the bound; every eigenvalue of a small operator is exact
+    once the Krylov space is the whole space; too few steps is an error, not a wrong value."""
+    import scipy.sparse.linalg
+
+    from lbtf.hessian import top_eigenvalues_at
+
+    spectrum = np.concatenate([[10.0, 9.5], np.linspace(-0.5, 9.0, 198)])
+    quad = QuadraticObjective(spectrum, seed=1)
+    w = np.zeros(len(spectrum))
+    count = [0]
+
+    def matvec(v):
+        count[0] += 1
+        return quad.h @ np.ravel(v)
+
+    op = scipy.sparse.linalg.LinearOperator(quad.h.shape, matvec=matvec, dtype=np.float64)
+    scipy.sparse.linalg.eigsh(op, k=1, which="LA", tol=1e-3, ncv=6, return_eigenvectors=False,
+                              v0=np.random.default_rng(0).normal(size=len(w)))
+    found = top_eigenvalues_at(quad, w, tol=1e-3)
+    assert abs(found.eigenvalues[0] - 10.0) <= 1e-3 * 10.0
+    assert found.num_hvp < count[0]
+    small = QuadraticObjective([3.0, -1.0, 2.0, 0.5, 1.5], seed=2)
+    every = top_eigenvalues_at(small, np.zeros(5), k=5, tol=1e-12)
+    np.testing.assert_allclose(every.eigenvalues, [3.0, 2.0, 1.5, 0.5, -1.0], atol=1e-10)
+    assert every.num_hvp == 5
+    with pytest.raises(RuntimeError, match="raise maxiter"):
+        top_eigenvalues_at(quad, w, tol=1e-9, maxiter=3)

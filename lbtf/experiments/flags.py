@@ -202,7 +202,7 @@ flags.DEFINE_enum("measure_point", "best", MEASURE_POINTS, "The weights a run is
                   "(Table 2, sharpness, distances, parametric plots): the epoch with the lowest "
                   "training loss, or the last epoch.")
 flags.DEFINE_integer("hessian_k", 0, "Largest Hessian eigenvalues per minimiser, by Lanczos "
-                     "(0: skip; 1 costs ~20 Hessian-vector products per minimiser).", lower_bound=0)
+                     "(0: skip; 1 costs ~12-20 Hessian-vector products per minimiser).", lower_bound=0)
 flags.DEFINE_string("checkpoint", None, "For --experiment=sharpness: a weights checkpoint "
                     "written by lbtf (prefix such as .../weights-40, or its folder for the last).")
 # Loss landscape (Figures 3 and 7).
