@@ -3,18 +3,19 @@
 (a) full-space sharpness wall time against nfev x one full-data loss+gradient pass (target: at most
     10% overhead); (b) that pass's FLOP/s against a chained matrix product; (c) random subspace
     p = 100, time per evaluation and peak memory against full space, with A held (target <= 1.1x)
-    and streamed block by block under a small budget (target <= 1.5x, peak within budget + model);
+    and streamed under a small budget, the blocks that fit kept (target <= 1.5x, peak within budget
+    + model);
 (d) a naive implementation (value from model.evaluate, gradient from a separate pass, public
     scipy L-BFGS-B) on the same problem (target: lbtf at least 2x faster).
-Each figure is the median of --repeats runs, with the range its extremes allow (min-max); the run
-ends with one summary table.
+Each figure is the median of --repeats rounds (each round times every side once, so that drift in
+the machine's speed falls on all alike), with the range its extremes allow (min-max); the run ends
+with one summary table.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import threading
 import time
 
@@ -91,58 +92,57 @@ def main() -> None:
     data = load_synthetic(shape=(784,), num_classes=10, num_train=args.examples, num_test=10)
     keras.utils.set_random_seed(0)
     model = build_model("F1", input_shape=(784,), num_classes=10)
-    x, y, r = data.x_train, data.y_train, args.repeats
+    x, y = data.x_train, data.y_train
     peak = matmul_flops_per_s()
     obj = Objective(model, x, y)
     w0 = flat_weights(model)
     obj.value_and_gradient(w0)  # compile
-    t_pass = [_timed(lambda: obj.value_and_gradient(w0)) for _ in range(r)]
-    at_peak = len(x) * dense_train_flops(model) / peak  # seconds a pass would take at the peak
     print(f"F1, {len(x)} examples, n = {w0.size} weights; matrix product {peak / 1e9:.0f} GFLOP/s")
-    rows = [("(b) loss+gradient pass FLOP/s against the matrix product",
-             *_cell([at_peak], t_pass, ">= 75%", lambda m: m >= 0.75, fmt="{:.0%}"))]
-    full = []
-    for _ in range(r):
+    # Rounds: each times a bare pass, then full space, the held and the streamed subspace, and the
+    # naive version, so that drift in the machine's speed falls on every side alike.
+    t = {k: [] for k in ("pass", "full", "held", "streamed", "products", "naive")}
+    for _ in range(args.repeats):
+        t["pass"].append(_timed(lambda: obj.value_and_gradient(w0)))
         with PeakRSS() as mem_full:
-            full.append(sharpness_at(obj, w0, epsilon=1e-3, maxiter=args.maxiter))
-    per_eval = [f.seconds / f.nfev for f in full]
-    rows.append(("(a) full space per evaluation against one pass",
-                 *_cell(per_eval, t_pass, "<= 1.10x", lambda m: m <= 1.10)))
-    print(f"(a) full space: {statistics.median(f.seconds for f in full):.1f}s for {full[0].nfev} "
-          f"evaluations; phi = {full[0].value:.2f}")
-    for label, budget, target in (("held", 4096, 1.1), ("streamed", args.budget_mb, 1.5)):
-        sub_eval, products = [], []
-        for _ in range(r):
+            full = sharpness_at(obj, w0, epsilon=1e-3, maxiter=args.maxiter)
+        t["full"].append(full.seconds / full.nfev)
+        for label, budget in (("held", 4096), ("streamed", args.budget_mb)):
             with PeakRSS() as mem:
                 sub = Subspace(w0.size, 100, seed=0, memory_budget_mb=budget)
                 center = sub.pinv_apply(w0)
                 t0 = time.perf_counter()
                 res = sharpness_at(obj, w0, epsilon=1e-3, subspace=sub, center=center,
                                    maxiter=args.maxiter)
-                sub_eval.append((time.perf_counter() - t0) / res.nfev)
-            if sub.streamed:  # where the time goes: A y and A^T g regenerate A's n x p entries
-                products.append(_timed(lambda s=sub: s.matvec(np.ones(s.p)))
-                                + _timed(lambda s=sub: s.rmatvec(np.ones(s.n))))
-                generated = 2 * sub.n * sub.p
-            del sub
-        rows.append((f"(c) subspace p=100, A {label}, per evaluation against full space",
-                     *_cell(sub_eval, per_eval, f"<= {target}x", lambda m, t=target: m <= t)))
-        if products:
-            floor = [f + q for f, q in zip(per_eval, products, strict=True)]
-            rows.append(("(c) streamed: full space + A y + A^T g timed alone, against full space",
-                         *_cell(floor, per_eval, "- (floor: A generated twice)", lambda m: None)))
-            print(f"(c) streamed A y + A^T g alone: {statistics.median(products):.2f}s, generating "
-                  f"{generated / 1e6:.0f}M normal numbers (Philox, Box-Muller)")
-        print(f"(c) subspace p=100, A {label} (budget {budget:g} MB): peak memory +{mem.mb:.0f} "
-              f"MB (full space +{mem_full.mb:.0f} MB); {res.nfev} evaluations")
-    naive = []
-    for _ in range(r):
+                t[label].append((time.perf_counter() - t0) / res.nfev)
+            print(f"(c) subspace p=100, A {label} (budget {budget:g} MB): peak memory +{mem.mb:.0f} "
+                  f"MB (full space +{mem_full.mb:.0f} MB); {res.nfev} evaluations")
+        # Where the streamed time goes: A y and A^T g draw A's streamed blocks again.
+        t["products"].append(_timed(lambda s=sub: s.matvec(np.ones(s.p)))
+                             + _timed(lambda s=sub: s.rmatvec(np.ones(s.n))))
+        kept = sub.num_held
+        print(f"(c) streamed A y + A^T g alone: {t['products'][-1]:.2f}s, "
+              f"{2 * (sub.n - kept * sub.block_rows) * sub.p / 1e6:.0f}M normal numbers drawn "
+              f"({kept} of {sub.num_blocks} blocks kept; ziggurat on {sub.workers} threads)")
+        del sub
         t0 = time.perf_counter()
         f_naive, nfev_naive = naive_sharpness(model, x, y, 1e-3, args.maxiter)
-        naive.append((time.perf_counter() - t0) / nfev_naive)
-    rows.append(("(d) naive per evaluation against lbtf's full space",
-                 *_cell(naive, per_eval, ">= 2x", lambda m: m >= 2)))
-    print(f"(d) naive: f_max {f_naive:.4g} vs lbtf {full[0].f_max:.4g}")
+        t["naive"].append((time.perf_counter() - t0) / nfev_naive)
+    print(f"(a) full space: {full.seconds:.1f}s for {full.nfev} evaluations; phi = {full.value:.2f}; "
+          f"(d) naive: f_max {f_naive:.4g} vs lbtf {full.f_max:.4g}")
+    at_peak = len(x) * dense_train_flops(model) / peak  # seconds a pass would take at the peak
+    floor = [f + q for f, q in zip(t["full"], t["products"], strict=True)]
+    rows = [("(b) loss+gradient pass FLOP/s against the matrix product",
+             *_cell([at_peak], t["pass"], ">= 75%", lambda m: m >= 0.75, fmt="{:.0%}")),
+            ("(a) full space per evaluation against one pass",
+             *_cell(t["full"], t["pass"], "<= 1.10x", lambda m: m <= 1.10)),
+            ("(c) subspace p=100, A held, per evaluation against full space",
+             *_cell(t["held"], t["full"], "<= 1.1x", lambda m: m <= 1.1)),
+            ("(c) subspace p=100, A streamed, per evaluation against full space",
+             *_cell(t["streamed"], t["full"], "<= 1.5x", lambda m: m <= 1.5)),
+            ("(c) streamed: full space + A y + A^T g timed alone, against full space",
+             *_cell(floor, t["full"], "- (floor: streamed blocks drawn twice)", lambda m: None)),
+            ("(d) naive per evaluation against lbtf's full space",
+             *_cell(t["naive"], t["full"], ">= 2x", lambda m: m >= 2))]
     summary(rows)
 
 

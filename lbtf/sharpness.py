@@ -20,8 +20,10 @@ Conventions (what the paper leaves open):
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
-import functools
+import os
+import threading
 import time
 from collections.abc import Iterator
 
@@ -29,6 +31,7 @@ import keras
 import numpy as np
 import scipy.linalg
 import tensorflow as tf
+import threadpoolctl
 
 from lbtf.lbfgsb import minimize_box
 from lbtf.objective import LossFn, Objective, flat_weights, subsample, weights_restored
@@ -68,98 +71,113 @@ def box_halfwidths(center: np.ndarray, epsilon: float) -> np.ndarray:
     return epsilon * (np.abs(center) + 1.0)
 
 
-class Subspace:
-    """An n x p matrix A, held in memory or generated block by block from its seed.
+def draw_block(seed: int, j: int, rows: int, p: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows [j*r, j*r + rows) of A: standard normal float32 from NumPy's ziggurat sampler on an SFC64
+    generator seeded with (seed, j), into `out` (rows x p) when given. Streaming A costs its
+    generation (bench_sharpness): on every core this draws about 150M numbers a second on 2 cores,
+    1.6x TensorFlow's Philox with Box-Muller (lbtf's generator until 2026-12) on the same cores."""
+    gen = np.random.Generator(np.random.SFC64([seed, j]))
+    if out is None:
+        return gen.standard_normal((rows, p), dtype=np.float32)
+    return gen.standard_normal(dtype=np.float32, out=out)
 
-    Block j holds rows [j*r, (j+1)*r) and is `tf.random.stateless_normal` with seed (seed, j), so a
-    materialised A and a streamed A are the same matrix.
+
+def _workers() -> int:
+    """The cores this process may run on (a Slurm or taskset limit included)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class Subspace:
+    """An n x p matrix A of independent standard normal entries, drawn block by block from its seed.
+
+    Block j holds rows [j*r, (j+1)*r) (`draw_block`), so a held A and a streamed A are the same
+    matrix. Blocks that fit `memory_budget_mb` are kept; the rest are drawn again whenever a
+    product needs them, on every core (NumPy's generators and BLAS release the GIL).
     """
 
     def __init__(self, n: int, p: int, *, seed: int = 0, matrix: np.ndarray | None = None,
                  memory_budget_mb: float = 1024, block_rows: int | None = None):
         self.n, self.p, self.seed = n, p, seed
         self.block_rows = block_rows or BLOCK_ROWS
+        self.workers = _workers()
+        self._scratch = threading.local()  # one block buffer a thread: no page faults a block
         self._r: tuple[np.ndarray, np.ndarray] | None = None
         if matrix is not None:
             if matrix.shape != (n, p):
                 raise ValueError(f"subspace has shape {matrix.shape}, expected ({n}, {p}) for a "
                                  f"model with {n} trainable weights")
-            self._a = tf.constant(matrix, tf.float32)
-        elif 4 * n * p <= memory_budget_mb * 2**20:
-            self._a = tf.concat([self._block(j) for j in range(self.num_blocks)], 0)
+            matrix = np.asarray(matrix, np.float32)
+            self._held = [matrix[j * self.block_rows:(j + 1) * self.block_rows]
+                          for j in range(self.num_blocks)]
         else:
-            self._a = None
+            self._held = self._map(self._draw, range(self._blocks_within(memory_budget_mb)))
+
+    def _blocks_within(self, memory_budget_mb: float) -> int:
+        """How many blocks to keep: all of A if it fits the budget, else what fits beside the
+        blocks being drawn (one per worker)."""
+        block_mb = 4 * self.block_rows * self.p / 2**20
+        if 4 * self.n * self.p <= memory_budget_mb * 2**20:
+            return self.num_blocks
+        return max(0, min(self.num_blocks, int(memory_budget_mb // block_mb) - self.workers))
+
+    @property
+    def num_held(self) -> int:
+        """Blocks kept in memory (the first ones)."""
+        return len(self._held)
 
     @property
     def streamed(self) -> bool:
-        return self._a is None
+        """Some of A is drawn again for every product."""
+        return len(self._held) < self.num_blocks
 
     @property
     def num_blocks(self) -> int:
         return -(-self.n // self.block_rows)
 
-    def _full_block(self, j) -> tf.Tensor:
-        return tf.random.stateless_normal((self.block_rows, self.p), seed=tf.stack([self.seed, j]),
-                                          alg="philox")
-
-    def _block(self, j: int) -> tf.Tensor:
-        """Rows [j*r, (j+1)*r) of A: the first rows of a full seeded block (the last is cut)."""
+    def _draw(self, j: int, out: np.ndarray | None = None) -> np.ndarray:
         rows = min(self.block_rows, self.n - j * self.block_rows)
-        return self._full_block(j)[:rows]
+        return draw_block(self.seed, j, rows, self.p, None if out is None else out[:rows])
 
-    def blocks(self) -> Iterator[tf.Tensor]:
+    def _block(self, j: int) -> np.ndarray:
+        """Block j: held, or drawn into this thread's buffer (valid until its next draw)."""
+        if j < len(self._held):
+            return self._held[j]
+        if not hasattr(self._scratch, "block"):
+            self._scratch.block = np.empty((self.block_rows, self.p), np.float32)
+        return self._draw(j, self._scratch.block)
+
+    def _map(self, fn, blocks) -> list:
+        """fn(j) for every block index, in order, on `workers` threads. BLAS runs single-threaded
+        meanwhile: its own threads spin between the small products and starved the generators
+        (measured: 1.5-2x the rate with them)."""
+        with (threadpoolctl.threadpool_limits(1, user_api="blas"),
+              concurrent.futures.ThreadPoolExecutor(self.workers) as pool):
+            return list(pool.map(fn, blocks))
+
+    def blocks(self) -> Iterator[np.ndarray]:
         for j in range(self.num_blocks):
-            if self._a is None:
-                yield self._block(j)
-            else:
-                yield self._a[j * self.block_rows:(j + 1) * self.block_rows]
-
-    @functools.cached_property
-    def _streamed_products(self):
-        """A y and A^T g generating each block in-graph, never holding A. Not XLA-compiled: XLA's
-        stateless generators draw other numbers than TensorFlow's kernels, and the streamed A must
-        be the held A."""
-        nb, r, n = self.num_blocks, self.block_rows, self.n
-
-        @tf.function
-        def matvec(y):
-            parts = tf.map_fn(lambda j: tf.linalg.matvec(self._full_block(j), y),
-                              tf.range(nb), fn_output_signature=tf.float32)
-            return tf.reshape(parts, [-1])[:n]
-
-        @tf.function
-        def rmatvec(g):
-            rows = tf.reshape(tf.pad(g, [[0, nb * r - n]]), [nb, r])  # zero rows past n
-            acc = tf.zeros([self.p])
-            for j in tf.range(nb):
-                acc += tf.linalg.matvec(self._full_block(j), rows[j], transpose_a=True)
-            return acc
-
-        return matvec, rmatvec
+            yield self._held[j] if j < len(self._held) else self._draw(j)
 
     def matvec(self, y: np.ndarray) -> np.ndarray:
         """A y."""
-        yt = tf.constant(y, tf.float32)
-        out = (tf.linalg.matvec(self._a, yt) if self._a is not None
-               else self._streamed_products[0](yt))
-        return out.numpy().astype(np.float64)
+        y32 = np.asarray(y, np.float32)
+        return np.concatenate(self._map(lambda j: self._block(j) @ y32, range(self.num_blocks))
+                              ).astype(np.float64)
 
     def rmatvec(self, g: np.ndarray) -> np.ndarray:
-        """A^T g."""
-        gt = tf.constant(g, tf.float32)
-        out = (tf.linalg.matvec(self._a, gt, transpose_a=True) if self._a is not None
-               else self._streamed_products[1](gt))
-        return out.numpy().astype(np.float64)
+        """A^T g, the blocks' products added in block order (deterministic)."""
+        g32, r = np.asarray(g, np.float32), self.block_rows
+        parts = self._map(lambda j: self._block(j).T @ g32[j * r:(j + 1) * r], range(self.num_blocks))
+        return np.sum(parts, axis=0, dtype=np.float64)
 
     def _gram(self, right: np.ndarray | None = None) -> np.ndarray:
-        """Streams sum_b B_b^T B_b with B_b = A_b R^-1 (R = I when None)."""
-        gram = np.zeros((self.p, self.p))
-        for b in self.blocks():
-            block = b.numpy().astype(np.float64)
+        """sum_b B_b^T B_b with B_b = A_b R^-1 (R = I when None), in float64."""
+        def part(j):
+            block = self._block(j).astype(np.float64)
             if right is not None:
                 block = scipy.linalg.solve_triangular(right, block.T, trans="T").T
-            gram += block.T @ block
-        return gram
+            return block.T @ block
+        return np.sum(self._map(part, range(self.num_blocks)), axis=0)
 
     def _factors(self) -> tuple[np.ndarray, np.ndarray]:
         """R1 = chol(A^T A), R2 = chol(Q1^T Q1) with Q1 = A R1^-1: CholeskyQR2's factors of A."""
@@ -182,10 +200,9 @@ class Subspace:
         as Householder QR for cond(A) < 1e8 (a Gaussian n x p A with n >> p has cond(A) near 1).
         """
         r1, r2 = self._factors()
-        atx, start = np.zeros(self.p), 0
-        for b in self.blocks():
-            atx += b.numpy().T.astype(np.float64) @ x[start:start + b.shape[0]]
-            start += b.shape[0]
+        r = self.block_rows
+        atx = np.sum(self._map(lambda j: self._block(j).T.astype(np.float64) @ x[j * r:(j + 1) * r],
+                               range(self.num_blocks)), axis=0)
         q1tx = scipy.linalg.solve_triangular(r1, atx, trans="T")
         qtx = scipy.linalg.solve_triangular(r2, q1tx, trans="T")
         return scipy.linalg.solve_triangular(r2 @ r1, qtx)

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import scipy.stats
 import tensorflow as tf
 from nets import N, one_hot_linear, small_data, small_net
 
@@ -49,15 +50,37 @@ def test_pseudo_inverse_and_streaming():
     streamed = Subspace(n, p, seed=4, memory_budget_mb=0, block_rows=7)
     held = Subspace(n, p, seed=4, memory_budget_mb=1, block_rows=7)
     assert streamed.streamed and not held.streamed and streamed.num_blocks == 8
-    a = np.vstack([b.numpy() for b in held.blocks()]).astype(np.float64)
+    a = np.vstack(list(held.blocks())).astype(np.float64)
     assert a.shape == (n, p)
-    np.testing.assert_array_equal(a, np.vstack([b.numpy() for b in streamed.blocks()]))
+    np.testing.assert_array_equal(a, np.vstack(list(streamed.blocks())))
     x = np.random.default_rng(0).normal(size=n)
     np.testing.assert_allclose(streamed.pinv_apply(x), np.linalg.pinv(a) @ x, rtol=1e-8)
     y, g = np.arange(p, dtype=float), x
     for s in (streamed, held):
         np.testing.assert_allclose(s.matvec(y), a @ y, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(s.rmatvec(g), a.T @ g, rtol=1e-5, atol=1e-5)
+
+
+def test_a_budget_below_the_matrix_keeps_what_fits_and_draws_the_rest():
+    n, p, r = 10_000, 50, 100  # 20 kB blocks, 2 MB in all
+    whole = np.vstack(list(Subspace(n, p, seed=3, block_rows=r).blocks()))
+    part = Subspace(n, p, seed=3, block_rows=r, memory_budget_mb=1)
+    assert part.streamed and part.num_held == int(2**20 // (4 * r * p)) - part.workers
+    np.testing.assert_array_equal(np.vstack(list(part.blocks())), whole)
+    y, g = np.linspace(-1, 1, p), np.linspace(0, 2, n)
+    np.testing.assert_allclose(part.matvec(y), whole.astype(np.float64) @ y, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(part.rmatvec(g), whole.astype(np.float64).T @ g, rtol=1e-5, atol=1e-3)
+
+
+def test_subspace_entries_are_independent_standard_normals():
+    """Kolmogorov-Smirnov against N(0, 1) over 200 000 entries; blocks and seeds uncorrelated."""
+    a = np.vstack(list(Subspace(20_000, 10, seed=0, block_rows=1000).blocks())).astype(np.float64)
+    assert scipy.stats.kstest(a.ravel(), "norm").pvalue > 1e-3
+    assert abs(np.corrcoef(a[:1000].ravel(), a[1000:2000].ravel())[0, 1]) < 0.02  # two blocks
+    other = np.vstack(list(Subspace(20_000, 10, seed=1, block_rows=1000).blocks()))
+    assert abs(np.corrcoef(a.ravel(), other.ravel())[0, 1]) < 0.01  # two seeds
+    gram = a.T @ a / len(a)  # columns: unit variance, nearly orthogonal
+    np.testing.assert_allclose(gram, np.eye(10), atol=0.03)
 
 
 def test_streamed_subspace_gives_the_materialised_value():
