@@ -25,7 +25,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import keras
 import numpy as np
@@ -107,8 +107,7 @@ class Subspace:
                 raise ValueError(f"subspace has shape {matrix.shape}, expected ({n}, {p}) for a "
                                  f"model with {n} trainable weights")
             matrix = np.asarray(matrix, np.float32)
-            self._held = [matrix[j * self.block_rows:(j + 1) * self.block_rows]
-                          for j in range(self.num_blocks)]
+            self._held = [matrix[self._rows(j)] for j in range(self.num_blocks)]
         else:
             self._held = self._map(self._draw, range(self._blocks_within(memory_budget_mb)))
 
@@ -146,13 +145,17 @@ class Subspace:
             self._scratch.block = np.empty((self.block_rows, self.p), np.float32)
         return self._draw(j, self._scratch.block)
 
-    def _map(self, fn, blocks) -> list:
-        """fn(j) for every block index, in order, on `workers` threads. BLAS runs single-threaded
-        meanwhile: its own threads spin between the small products and starved the generators
-        (measured: 1.5-2x the rate with them)."""
+    def _rows(self, j: int) -> slice:
+        """Block j's rows of A (and of a vector of length n)."""
+        return slice(j * self.block_rows, (j + 1) * self.block_rows)
+
+    def _map(self, fn, blocks: Iterable[int] | None = None) -> list:
+        """fn(j) for every block index (default: all), in order, on `workers` threads. BLAS runs
+        single-threaded meanwhile: its own threads spin between the small products and starved
+        the generators (measured: 1.5-2x the rate with them)."""
         with (threadpoolctl.threadpool_limits(1, user_api="blas"),
               concurrent.futures.ThreadPoolExecutor(self.workers) as pool):
-            return list(pool.map(fn, blocks))
+            return list(pool.map(fn, range(self.num_blocks) if blocks is None else blocks))
 
     def blocks(self) -> Iterator[np.ndarray]:
         for j in range(self.num_blocks):
@@ -161,13 +164,12 @@ class Subspace:
     def matvec(self, y: np.ndarray) -> np.ndarray:
         """A y."""
         y32 = np.asarray(y, np.float32)
-        return np.concatenate(self._map(lambda j: self._block(j) @ y32, range(self.num_blocks))
-                              ).astype(np.float64)
+        return np.concatenate(self._map(lambda j: self._block(j) @ y32)).astype(np.float64)
 
     def rmatvec(self, g: np.ndarray) -> np.ndarray:
         """A^T g, the blocks' products added in block order (deterministic)."""
-        g32, r = np.asarray(g, np.float32), self.block_rows
-        parts = self._map(lambda j: self._block(j).T @ g32[j * r:(j + 1) * r], range(self.num_blocks))
+        g32 = np.asarray(g, np.float32)
+        parts = self._map(lambda j: self._block(j).T @ g32[self._rows(j)])
         return np.sum(parts, axis=0, dtype=np.float64)
 
     def _gram(self, right: np.ndarray | None = None) -> np.ndarray:
@@ -177,7 +179,7 @@ class Subspace:
             if right is not None:
                 block = scipy.linalg.solve_triangular(right, block.T, trans="T").T
             return block.T @ block
-        return np.sum(self._map(part, range(self.num_blocks)), axis=0)
+        return np.sum(self._map(part), axis=0)
 
     def _factors(self) -> tuple[np.ndarray, np.ndarray]:
         """R1 = chol(A^T A), R2 = chol(Q1^T Q1) with Q1 = A R1^-1: CholeskyQR2's factors of A."""
@@ -200,9 +202,8 @@ class Subspace:
         as Householder QR for cond(A) < 1e8 (a Gaussian n x p A with n >> p has cond(A) near 1).
         """
         r1, r2 = self._factors()
-        r = self.block_rows
-        atx = np.sum(self._map(lambda j: self._block(j).T.astype(np.float64) @ x[j * r:(j + 1) * r],
-                               range(self.num_blocks)), axis=0)
+        atx = np.sum(self._map(lambda j: self._block(j).T.astype(np.float64) @ x[self._rows(j)]),
+                     axis=0)
         q1tx = scipy.linalg.solve_triangular(r1, atx, trans="T")
         qtx = scipy.linalg.solve_triangular(r2, q1tx, trans="T")
         return scipy.linalg.solve_triangular(r2 @ r1, qtx)
