@@ -39,6 +39,9 @@ from lbtf.objective import LossFn, Objective, flat_weights, subsample, weights_r
 # Rows of A drawn from one seed. Fixed, so that a streamed A (any budget) and a held A are the same
 # matrix; small, so that streaming stays far below any sensible memory budget (3 MB at p = 100).
 BLOCK_ROWS = 8192
+# How A is drawn, in run records: another generator gives another sample of A, so values measured
+# with two generators are never put in one table (lbtf.experiments.rundir.cached).
+SUBSPACE_METHOD = f"N(0, 1) float32, NumPy ziggurat on SFC64(seed, block), {BLOCK_ROWS}-row blocks"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,8 @@ from conftest import run_experiment
 
 from lbtf.checkpoints import kept_weights
 from lbtf.errors import UsageError
+from lbtf.experiments.sharpness import METHODS
+from lbtf.sharpness import SUBSPACE_METHOD
 
 # XLA compilation costs more than it saves at these sizes (the command-line test keeps it on).
 BASE = ["--mnist1d_samples=500", "--max_epochs=2", "--patience=2", "--trials=1",
@@ -47,6 +49,10 @@ def test_warm_start_restart_skips_finished_runs(data_dir, tmp_path):
     assert [r["sb_epoch"] for r in first["piggyback"]] == [0, 1, 2]
     assert [h["epoch"] for h in first["sb_history"]] == [0, 1, 2]
     assert len(first["measurements"]) == 3
+    # Every record says how A is drawn and the Hessian solved (a restart under another lbtf
+    # measures again rather than mixing methods: test_rundir).
+    assert first["measurement"]["subspace_generator"] == SUBSPACE_METHOD
+    assert json.loads((run / "measurements" / "sb_epoch0.json").read_text())["method"] == METHODS
     # Finished runs keep no resume checkpoint; the SB run keeps the iterates LB starts from.
     assert not list(run.glob("checkpoints/*/resume"))
     assert sorted(kept_weights(run / "checkpoints" / "SB")) == [0, 1, 2]

@@ -40,3 +40,20 @@ def test_cached_computes_once(tmp_path):
     assert cached(path, compute, log=logged.append) == {"value": 1.5}
     assert calls == [1] and json.loads(path.read_text()) == {"value": 1.5}
     assert logged == ["  runs/a.json: finished earlier, skipped"]
+
+
+def test_cached_computes_again_what_another_method_made(tmp_path):
+    """A record made by another method (or by an lbtf that stored none) is not mixed in."""
+    path = tmp_path / "measurements" / "a.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"rows": [1]}))  # an older lbtf's record: no method stored
+    values = iter([2, 3])
+    compute = lambda: {"rows": [next(values)]}  # noqa: E731
+    logged = []
+    new = {"subspace_generator": "ziggurat"}
+    assert cached(path, compute, log=logged.append, method=new) == {"rows": [2], "method": new}
+    assert cached(path, compute, log=logged.append, method=new)["rows"] == [2]
+    assert cached(path, compute, log=logged.append, method={"subspace_generator": "philox"})["rows"] == [3]
+    assert logged[0].startswith("  measurements/a.json: made by another method (None, now")
+    assert logged[1] == "  measurements/a.json: finished earlier, skipped"
+    assert json.loads(path.read_text())["method"] == {"subspace_generator": "philox"}

@@ -61,13 +61,22 @@ def start_run(cfg: Config, experiment: str, strategy: tf.distribute.Strategy | N
     return run_dir
 
 
-def cached(path: Path, compute: Callable[[], dict], log=print) -> dict:
+def cached(path: Path, compute: Callable[[], dict], log=print, *, method: dict | None = None) -> dict:
     """The JSON record at `path` if an earlier (interrupted) start of this run finished it, else
-    compute() written atomically to `path`: how multi-run experiments skip finished work."""
+    compute() written atomically to `path`: how multi-run experiments skip finished work.
+
+    `method` (JSON values) names how the record is computed, beyond the run's flags (e.g. the
+    generator of a random subspace): it is stored with the record, and a record made another way
+    is computed again, so that one table never mixes two methods.
+    """
+    name = path.relative_to(path.parents[1])
     if path.is_file():
-        log(f"  {path.relative_to(path.parents[1])}: finished earlier, skipped")
-        return json.loads(path.read_text())
-    record = runs.jsonable(compute())
+        record = json.loads(path.read_text())
+        if method is None or record.get("method") == method:
+            log(f"  {name}: finished earlier, skipped")
+            return record
+        log(f"  {name}: made by another method ({record.get('method')}, now {method}); done again")
+    record = runs.jsonable(compute() if method is None else {**compute(), "method": method})
     runs.atomic_write_json(path, record)
     return record
 

@@ -20,10 +20,10 @@ from lbtf.checkpoints import checkpoint_at, load_weights
 from lbtf.errors import UsageError
 from lbtf.experiments import prepare, rundir
 from lbtf.experiments.config import Config
-from lbtf.hessian import top_eigenvalues_at
+from lbtf.hessian import EIGEN_METHOD, top_eigenvalues_at
 from lbtf.models import build_model
 from lbtf.objective import Objective, flat_weights, measurement_loss, subsample
-from lbtf.sharpness import Subspace, sharpness_at
+from lbtf.sharpness import SUBSPACE_METHOD, Subspace, sharpness_at
 
 
 def resolve_checkpoint(path: str | None) -> str:
@@ -49,13 +49,19 @@ def measurement_chunk(cfg: Config, mode: str) -> int:
     return cfg.measure.bn_measure_chunk if mode == "batch" else cfg.training.eval_batch_size
 
 
+# How a measurement is computed beyond the flags: stored with every cached minimiser's rows, so a
+# run restarted under another lbtf measures again what an older method measured.
+METHODS = {"subspace_generator": SUBSPACE_METHOD, "hessian_solver": EIGEN_METHOD}
+
+
 def measurement_record(cfg: Config) -> dict:
     """How a run's measurements were taken, for results.json."""
     return {"point": cfg.measure.measure_point, "bn": list(cfg.measure.bn_measure),
             "bn_chunk": cfg.measure.bn_measure_chunk, "loss_clip": cfg.measure.loss_clip,
             "sharpness_starts": cfg.measure.sharpness_starts,
             "sharpness_maxiter": cfg.measure.sharpness_maxiter,
-            "bn_stats": cfg.landscape.bn_path, "bn_eval": cfg.training.bn_eval}
+            "bn_stats": cfg.landscape.bn_path, "bn_eval": cfg.training.bn_eval,
+            **METHODS}
 
 
 def primary_sharpness(found: pd.DataFrame, bn_measure: tuple[str, ...]) -> pd.DataFrame:
@@ -102,7 +108,8 @@ def measure_minimizers(cfg: Config, data, minimizers: list[dict], *, strategy=No
             rows += measure()["rows"]
         else:
             name = "_".join(f"{k}{v}" for k, v in labels.items()) or "minimizer"
-            rows += rundir.cached(Path(cache_dir) / f"{name}.json", measure, log=log)["rows"]
+            rows += rundir.cached(Path(cache_dir) / f"{name}.json", measure, log=log,
+                                 method=METHODS)["rows"]
     return pd.DataFrame(rows)
 
 
