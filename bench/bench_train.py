@@ -2,12 +2,13 @@
 
 F1 on MNIST-shaped synthetic data (60000 x 784), Adam, batch 256 and 6000. Also reports the loop's
 FLOP/s against a large float32 matrix product measured in the same process (the machine's practical
-peak), so the figures are ratios, comparable across machines. Last, a convolutional step (C1 on
-8x8 images, batch 1024) with and without XLA: lbtf compiles convolutions on a CPU without it
-(`lbtf.objective.use_xla`), and this line says why. Targets (issue 3): >= 2x fit at
-batch 256, >= 1.2x at batch 6000, >= 75% of the matrix product's FLOP/s at both. Each figure is the
-median of --repeats timed epochs, with the range its extremes allow (min-max), and the run ends
-with one summary table.
+peak), so the figures are ratios, comparable across machines. Each of --repeats rounds times one
+lbtf epoch, one fit epoch and one matrix-product chain, and the ratios are taken round by round.
+Last, a convolutional step (C1 on 8x8 images, batch 1024) with and without XLA: lbtf compiles
+convolutions on a CPU without it (`lbtf.objective.use_xla`), and this line says why. Targets
+(issue 3): >= 2x fit at batch 256, >= 1.2x at batch 6000, >= 75% of the matrix product's FLOP/s
+at both. Each figure is the
+median over the rounds (min-max), and the run ends with one summary table.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ def dense_train_flops(model: keras.Model) -> float:
     return flops
 
 
-def matmul_flops_per_s(n: int = 2048, reps: int = 20) -> float:
-    """FLOP/s of a chain of n x n float32 products. Each product feeds the next, so XLA cannot
-    hoist it out of the loop; b is scaled by 1/sqrt(n) so the values stay bounded."""
+def matmul_chain(n: int = 2048, reps: int = 20):
+    """A compiled chain of n x n float32 products, as (run, its FLOPs). Each product feeds the
+    next, so XLA cannot hoist it out of the loop; b is scaled by 1/sqrt(n) so the values stay
+    bounded."""
     a = tf.random.normal((n, n))
     b = tf.random.normal((n, n)) / n**0.5
 
@@ -52,8 +54,13 @@ def matmul_flops_per_s(n: int = 2048, reps: int = 20) -> float:
         return a
 
     chain(a, b).numpy()
-    best = statistics.median(_timed(lambda: chain(a, b).numpy()) for _ in range(3))
-    return 2 * n**3 * reps / best
+    return (lambda: chain(a, b).numpy()), 2 * n**3 * reps
+
+
+def matmul_flops_per_s(n: int = 2048, reps: int = 20) -> float:
+    """FLOP/s of `matmul_chain`, the median of 3 runs: the machine's practical peak."""
+    run, flops = matmul_chain(n, reps)
+    return flops / statistics.median(_timed(run) for _ in range(3))
 
 
 def _timed(fn) -> float:
@@ -80,7 +87,9 @@ def summary(rows: list[tuple[str, str, str, bool | None]]) -> None:
         print(f"| {measure} | {value} | {target} | {'-' if ok is None else 'met' if ok else 'NOT MET'} |")
 
 
-def bench_batch(data, batch: int, repeats: int) -> dict:
+def bench_batch(data, batch: int, repeats: int, chain) -> dict:
+    """`repeats` rounds, each timing one lbtf epoch, one `fit` epoch and one matrix-product chain
+    (`chain` = (run, FLOPs)), so that drift in the machine's speed falls on all three alike."""
     def build():
         keras.utils.set_random_seed(0)
         return build_model("F1", input_shape=data.input_shape, num_classes=data.num_classes)
@@ -88,19 +97,23 @@ def bench_batch(data, batch: int, repeats: int) -> dict:
     trainer = Trainer(build, data, TrainConfig(batch_size=batch))
     rng = np.random.default_rng(0)
     trainer.train_epoch(rng)  # trace and compile
-    steps = data.num_train // batch
-    t_loop = times(lambda: trainer.train_epoch(rng), repeats)
-
     model = build()
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    model.fit(data.x_train, data.y_train, batch_size=batch, epochs=1, verbose=0)
-    t_fit = times(lambda: model.fit(data.x_train, data.y_train, batch_size=batch, epochs=1,
-                                    verbose=0), repeats)
+    fit = lambda: model.fit(data.x_train, data.y_train, batch_size=batch, epochs=1, verbose=0)  # noqa: E731
+    fit()
+    run_chain, chain_flops = chain
+    t_loop, t_fit, t_chain = [], [], []
+    for _ in range(repeats):
+        t_loop.append(_timed(lambda: trainer.train_epoch(rng)))
+        t_fit.append(_timed(fit))
+        t_chain.append(_timed(run_chain))
     # Samples per second: fit's epoch sees every example, the loop drops the remainder.
+    steps = data.num_train // batch
     loop_work = steps * batch / data.num_train
     flops = steps * batch * dense_train_flops(trainer.model)
-    return {"batch": batch, "t_loop": [t / loop_work for t in t_loop], "t_fit": t_fit,
-            "flops": flops, "loop_s": t_loop}
+    return {"batch": batch, "fit_speedup": [f / (t / loop_work) for f, t in zip(t_fit, t_loop, strict=True)],
+            "share": [flops / t / (chain_flops / c) for t, c in zip(t_loop, t_chain, strict=True)],
+            "loop_s": t_loop, "fit_s": t_fit, "flops": flops, "peak": [chain_flops / c for c in t_chain]}
 
 
 def conv_step_seconds(jit: bool, repeats: int, batch: int = 1024) -> list[float]:
@@ -131,18 +144,18 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[256, 6000])
     args = p.parse_args()
     data = load_synthetic(shape=(784,), num_classes=10, num_train=60000, num_test=1000)
-    peak = matmul_flops_per_s()
-    print(f"matrix product (2048^3, XLA): {peak / 1e9:.1f} GFLOP/s")
+    chain = matmul_chain()
     targets = {256: 2.0, 6000: 1.2}
     rows = []
     for b in args.batches:
-        r = bench_batch(data, b, args.repeats)
-        speed, ratio = ratio_cell(r["t_fit"], r["t_loop"])
-        # FLOP/s share of the matrix product: flops / t / peak, so the time goes in the denominator.
-        share_text, share = ratio_cell([r["flops"] / peak], r["loop_s"], 100.0, "{:.0f}%")
-        print(f"batch {b}: lbtf {statistics.median(r['loop_s']):.2f}s an epoch, fit "
-              f"{statistics.median(r['t_fit']):.2f}s; lbtf "
-              f"{r['flops'] / statistics.median(r['loop_s']) / 1e9:.1f} GFLOP/s")
+        r = bench_batch(data, b, args.repeats, chain)
+        med = statistics.median
+        print(f"batch {b}: lbtf {med(r['loop_s']):.2f}s an epoch, fit {med(r['fit_s']):.2f}s; lbtf "
+              f"{r['flops'] / med(r['loop_s']) / 1e9:.1f} GFLOP/s, matrix product (2048^3, XLA) "
+              f"{med(r['peak']) / 1e9:.1f} ({min(r['peak']) / 1e9:.0f}-{max(r['peak']) / 1e9:.0f})")
+        # Ratios taken round by round: median (min-max) over the rounds.
+        speed, ratio = ratio_cell(r["fit_speedup"], [1.0])
+        share_text, share = ratio_cell(r["share"], [1.0], 100.0, "{:.0f}%")
         target = targets.get(b)
         rows.append((f"training against Keras fit, batch {b}", speed,
                      f">= {target}x" if target else "-", None if target is None else ratio >= target))
