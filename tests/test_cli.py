@@ -11,6 +11,7 @@ from conftest import run_cli, run_experiment
 
 from lbtf.checkpoints import kept_weights
 from lbtf.errors import UsageError
+from lbtf.experiments.rundir import cpu_model
 from lbtf.lbfgsb import FAST
 
 TINY = ["--mnist1d_samples=500", "--max_epochs=3", "--trials=2", "--patience=2", "--nosharpness",
@@ -172,6 +173,7 @@ def test_table2_end_to_end(data_dir, tmp_path):
     env = results["environment"]
     assert {"python", "tensorflow", "keras", "numpy", "scipy", "mnist1d"} <= env.keys()
     assert env["scipy"] == scipy.__version__ and env["lbfgsb"].startswith("setulb")
+    assert env["cpu"] == cpu_model()  # the instruction set decides the rounding
     assert results["measurement"]["loss_clip"] == 1e-7 and results["measurement"]["point"] == "best"
     dist = pd.DataFrame(results["distances"])
     assert list(dist.trial) == [0, 1] and (dist.sb_distance > 0).all()

@@ -2,12 +2,15 @@
 parts cached."""
 
 import json
+import platform
+import re
+from pathlib import Path
 
 import pytest
 
 from lbtf.errors import UsageError
 from lbtf.experiments.flags import parse
-from lbtf.experiments.rundir import cached, start_run
+from lbtf.experiments.rundir import cached, cpu_model, start_run
 
 
 def test_a_named_run_resumes_with_its_own_flags_and_refuses_others(tmp_path):
@@ -57,3 +60,10 @@ def test_cached_computes_again_what_another_method_made(tmp_path):
     assert logged[0].startswith("  measurements/a.json: made by another method (None, now")
     assert logged[1] == "  measurements/a.json: finished earlier, skipped"
     assert json.loads(path.read_text())["method"] == {"subspace_generator": "philox"}
+
+
+def test_cpu_model_is_the_processor_name():
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    found = re.search(r"^model name\s*:\s*(.+?)\s*$", text, re.M)
+    assert cpu_model() == (found.group(1) if found else platform.processor() or platform.machine())
+    assert cpu_model()

@@ -93,10 +93,23 @@ def _version(package: str) -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The processor's name (its instruction set decides the kernels, so the rounding: the same
+    seeds and versions train to other minimisers on another CPU)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(strategy: tf.distribute.Strategy) -> dict:
     """What produced a run's numbers: versions, the L-BFGS-B path, strategy and devices."""
     return {"lbtf": lbtf.__version__, "python": platform.python_version(),
-            "cpu_cores": os.cpu_count(),
+            "cpu": cpu_model(), "cpu_cores": os.cpu_count(),
             **{p: _version(p) for p in VERSIONED},
             "lbfgsb": lbfgsb.FAST if lbfgsb.fast_path_available() else lbfgsb.PUBLIC,
             "strategy": type(strategy).__name__,
