@@ -53,7 +53,8 @@ def setup_text(results: dict) -> str:
         f"training examples, SB {b['SB']}, LB {b['LB']} = 10%, a batch ratio of "
         f"{b['LB'] / b['SB']:.1f}; Adam; {runs.trial.nunique()} trials, each trained until the "
         f"training loss stopped improving), {results['seconds'] / 60:.1f} min on "
-        f"{env.get('cpu_cores', '?')} CPU cores. Every run is measured at its epoch of lowest "
+        f"{env.get('cpu_cores', '?')} CPU cores" + (f" ({env['cpu']})" if env.get("cpu") else "")
+        + ". Every run is measured at its epoch of lowest "
         f"training loss ({how['point']}: SB epochs {span['SB']}, LB {span['LB']}). Loss for "
         "measurements: "
         + (f"probabilities clipped to [{how['loss_clip']:g}, 1 - {how['loss_clip']:g}] as in "
@@ -61,7 +62,9 @@ def setup_text(results: dict) -> str:
         + f"; batch-statistics BN in chunks of {how['bn_chunk']}. Versions: Python "
         f"{env['python']}, TensorFlow {env['tensorflow']}, Keras {env['keras']}, NumPy "
         f"{env['numpy']}, SciPy {env['scipy']}, mnist1d {env['mnist1d']}; L-BFGS-B via "
-        f"{env['lbfgsb']}.")
+        f"{env['lbfgsb']}"
+        + (f"; subspace A: {how['subspace_generator']}" if "subspace_generator" in how else "")
+        + ".")
 
 
 def accuracy_claim(results: dict) -> str:
