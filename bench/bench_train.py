@@ -7,8 +7,8 @@ lbtf epoch, one fit epoch and one matrix-product chain, and the ratios are taken
 Last, a convolutional step (C1 on 8x8 images, batch 1024) with and without XLA: lbtf compiles
 convolutions on a CPU without it (`lbtf.objective.use_xla`), and this line says why. Targets
 (issue 3): >= 2x fit at batch 256, >= 1.2x at batch 6000, >= 75% of the matrix product's FLOP/s
-at both. Each figure is the
-median over the rounds (min-max), and the run ends with one summary table.
+at both. Each figure is the median over the rounds (min-max), and the run ends with one summary
+table.
 """
 
 from __future__ import annotations
