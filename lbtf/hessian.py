@@ -27,6 +27,7 @@ class EigenResult:
 # The eigen-solver, in run records (two solvers agree only to their tolerance).
 EIGEN_METHOD = "Lanczos, full reorthogonalisation, no restart; ARPACK's residual rule"
 
+
 def top_eigenvalues(model: keras.Model, x, y, *, k: int = 1, loss: LossFn | None = None,
                     batch_size: int | None = None, tol: float = 1e-3, maxiter: int | None = None,
                     num_examples: int | None = None, seed: int = 0,
