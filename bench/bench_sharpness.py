@@ -3,7 +3,7 @@
 (a) full-space sharpness wall time against nfev x one full-data loss+gradient pass (target: at most
     10% overhead), the pass timed both bare, between the runs (mean of --passes), and inside the
     run itself (what L-BFGS-B and the glue add, free of drift);
-(b) that pass's FLOP/s against a chained matrix product;
+(b) that pass's FLOP/s against a chained matrix product timed in the same round;
 (c) random subspace p = 100, time per evaluation and peak memory against full space, with A held
     (target <= 1.1x) and streamed under a small budget, the blocks that fit kept (target <= 1.5x,
     peak within budget + model);
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import threading
 import time
 
@@ -28,7 +29,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.optimize  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from bench_train import dense_train_flops, matmul_flops_per_s, ratio_cell, summary  # noqa: E402
+from bench_train import dense_train_flops, matmul_chain, ratio_cell, summary  # noqa: E402
 
 from lbtf.data import load_synthetic  # noqa: E402
 from lbtf.models import build_model  # noqa: E402
@@ -122,15 +123,16 @@ def main() -> None:
     keras.utils.set_random_seed(0)
     model = build_model("F1", input_shape=(784,), num_classes=10)
     x, y = data.x_train, data.y_train
-    peak = matmul_flops_per_s()
+    run_chain, chain_flops = matmul_chain()
     obj = Objective(model, x, y)
     w0 = flat_weights(model)
     obj.value_and_gradient(w0)  # compile
-    print(f"F1, {len(x)} examples, n = {w0.size} weights; matrix product {peak / 1e9:.0f} GFLOP/s")
+    print(f"F1, {len(x)} examples, n = {w0.size} weights")
     # Rounds: each times a bare pass, then full space, the held and the streamed subspace, and the
     # naive version, so that drift in the machine's speed falls on every side alike.
-    t = {k: [] for k in ("pass", "full", "inside", "held", "streamed", "products", "naive")}
+    t = {k: [] for k in ("chain", "pass", "full", "inside", "held", "streamed", "products", "naive")}
     for _ in range(args.repeats):
+        t["chain"].append(_timed(run_chain))
         t["pass"].append(np.mean([_timed(lambda: obj.value_and_gradient(w0))
                                   for _ in range(args.passes)]))
         timed = TimedObjective(obj)
@@ -166,10 +168,14 @@ def main() -> None:
     print(f"(d) scipy.optimize.minimize's bound conversion: {conversion:.1f}s a run at n = {w0.size}")
     print(f"(a) full space: {full.seconds:.1f}s for {full.nfev} evaluations; phi = {full.value:.2f}; "
           f"(d) naive: f_max {f_naive:.4g} vs lbtf {full.f_max:.4g}")
-    at_peak = len(x) * dense_train_flops(model) / peak  # seconds a pass would take at the peak
+    # Seconds a pass would take at the matrix product's rate of the same round.
+    at_peak = [len(x) * dense_train_flops(model) * c / chain_flops for c in t["chain"]]
+    print(f"matrix product (2048^3, XLA): {chain_flops / statistics.median(t['chain']) / 1e9:.0f} "
+          f"GFLOP/s ({chain_flops / max(t['chain']) / 1e9:.0f}-{chain_flops / min(t['chain']) / 1e9:.0f})")
     floor = [f + q for f, q in zip(t["full"], t["products"], strict=True)]
     rows = [("(b) loss+gradient pass FLOP/s against the matrix product",
-             *_cell([at_peak], t["pass"], ">= 75%", lambda m: m >= 0.75, fmt="{:.0%}")),
+             *_cell([a / q for a, q in zip(at_peak, t["pass"], strict=True)], [1.0], ">= 75%",
+                    lambda m: m >= 0.75, fmt="{:.0%}")),
             ("(a) full space per evaluation against one bare pass",
              *_cell(t["full"], t["pass"], "<= 1.10x", lambda m: m <= 1.10)),
             ("(a) full space against its own passes, timed inside the run",
