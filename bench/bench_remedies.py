@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_train import ratio_cell, summary, times  # noqa: E402
+from bench_train import per_round, ratio_cell, summary, times  # noqa: E402
 
 from lbtf.data import load_synthetic  # noqa: E402
 from lbtf.layers import norm_layer  # noqa: E402
@@ -63,13 +63,13 @@ def main() -> None:
                                  args.repeats)
         print(f"(a) batch {b}: standard BN {statistics.median(standard):.2f}s an epoch, ghost BN "
               f"({args.ghost}) {statistics.median(ghost):.2f}s")
-        text, ratio = ratio_cell(ghost, standard)
+        text, ratio = ratio_cell(per_round(ghost, standard), [1.0])
         rows.append((f"ghost BN ({args.ghost}) against standard BN, batch {b}", text, "<= 1.10x",
                      ratio <= 1.10))
     b = args.batches[0]
     plain, sam = paired(run(batch=b, norm="standard"),
                         run(batch=b, norm="standard", remedies=Remedies(sam_rho=0.05)), args.repeats)
-    text, ratio = ratio_cell(sam, plain)
+    text, ratio = ratio_cell(per_round(sam, plain), [1.0])
     rows.append((f"SAM step against a plain step, batch {b}", text,
                  "none (two passes: about 2x expected)", None))
     summary(rows)

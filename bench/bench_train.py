@@ -73,6 +73,12 @@ def times(fn, repeats: int) -> list[float]:
     return [_timed(fn) for _ in range(repeats)]
 
 
+def per_round(num: list[float], den: list[float]) -> list[float]:
+    """Ratios round by round (both sides of a round timed back to back), for `ratio_cell(.., [1])`:
+    drift between rounds then moves neither side against the other."""
+    return [a / b for a, b in zip(num, den, strict=True)]
+
+
 def ratio_cell(num: list[float], den: list[float], scale: float = 1.0, fmt: str = "{:.2f}x") -> tuple:
     """median(num) / median(den) and the range the extremes allow, formatted; and the median."""
     med = scale * statistics.median(num) / statistics.median(den)
