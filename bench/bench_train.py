@@ -57,12 +57,6 @@ def matmul_chain(n: int = 2048, reps: int = 20):
     return (lambda: chain(a, b).numpy()), 2 * n**3 * reps
 
 
-def matmul_flops_per_s(n: int = 2048, reps: int = 20) -> float:
-    """FLOP/s of `matmul_chain`, the median of 3 runs: the machine's practical peak."""
-    run, flops = matmul_chain(n, reps)
-    return flops / statistics.median(_timed(run) for _ in range(3))
-
-
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
