@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from bench_train import dense_train_flops, matmul_chain, summary, times  # noqa: E402
+from bench_train import dense_train_flops, matmul_chain, ratio_cell, summary, timed_rounds  # noqa: E402
 
 from lbtf.data import load_synthetic  # noqa: E402
 from lbtf.models import build_model  # noqa: E402
@@ -100,20 +99,9 @@ def part_loops(model: keras.Model, optimizer, x, y, batch: int):
             "forward-backward": loop(grads_of(loss, variables)), "bare step": loop(step)}
 
 
-def timed_rounds(runs: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds of every run in each of `repeats` rounds, the runs in turn within a round, so that
-    the host's drift (up to 1.5x within a minute here) falls on every part of one round alike."""
-    seconds = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            seconds[name].append(times(run, 1)[0])
-    return seconds
-
-
 def cell(values: list[float], scale: float = 1e3, digits: int = 2) -> str:
     """median (min-max) of scale * values."""
-    med, lo, hi = (scale * f(values) for f in (statistics.median, min, max))
-    return f"{med:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
+    return ratio_cell(values, [1.0], scale, f"{{:.{digits}f}}")[0]
 
 
 def roofline(seconds: dict, work: dict, steps: int, chain_flops: float, streams: dict) -> list:
@@ -128,7 +116,8 @@ def roofline(seconds: dict, work: dict, steps: int, chain_flops: float, streams:
             total = seconds[name][r] / steps
             parts[name] = (total - before, max(flops / peak, moved / bandwidth.get(data, 1.0)))
             before = total
-        rounds.append({"parts": parts, "step": before, "peak": peak, "bandwidth": bandwidth})
+        rounds.append({"parts": parts, "step": before, "peak": peak, "bandwidth": bandwidth,
+                       "floor": sum(f for _, f in parts.values())})
     return rounds
 
 
@@ -140,11 +129,10 @@ def print_roofline(rounds: list[dict], work: dict) -> None:
         floor = [r["parts"][name][1] for r in rounds]
         print(f"| {name} | {cell(part)} | {flops / 1e9:.2f} G | {moved / 1e6:.1f} MB | "
               f"{cell(floor)} | {cell([p - f for p, f in zip(part, floor, strict=True)])} |")
-    step = [r["step"] for r in rounds]
-    floor = [sum(f for _, f in r["parts"].values()) for r in rounds]
+    step, floor = [r["step"] for r in rounds], [r["floor"] for r in rounds]
     print(f"| whole step | {cell(step)} | | | {cell(floor)} | "
           f"{cell([s - f for s, f in zip(step, floor, strict=True)])} |")
-    share = [f / s for s, f in zip(step, floor, strict=True)]
+    share = [r["floor"] / r["step"] for r in rounds]
     matmuls = [r["parts"]["matmuls"][0] / r["step"] for r in rounds]
     print(f"\nThe step runs at {cell(share, 100, 0)}% of its roofline floor, and its matrix "
           f"products take {cell(matmuls, 100, 0)}% of it (round by round; median (min-max)).")
@@ -200,7 +188,7 @@ def main() -> None:
         rows += [(f"batch {batch}: F1's matrix products against the 2048^3 product (the ceiling "
                   "of bench_train's FLOP/s share)", f"{cell(share, 100, 0)}%", "-", None),
                  (f"batch {batch}: the step's roofline floor against its time",
-                  f"{cell([sum(f for _, f in r['parts'].values()) / r['step'] for r in rounds], 100, 0)}%",
+                  f"{cell([r['floor'] / r['step'] for r in rounds], 100, 0)}%",
                   "-", None)]
     summary(rows)
 

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_train import per_round, ratio_cell, summary, times  # noqa: E402
+from bench_train import per_round, ratio_cell, summary, timed_rounds  # noqa: E402
 
 from lbtf.data import load_synthetic  # noqa: E402
 from lbtf.layers import norm_layer  # noqa: E402
@@ -42,11 +42,8 @@ def epochs(data, *, batch: int, norm: str, ghost: int, **config):
 def paired(first, second, repeats: int) -> tuple[list[float], list[float]]:
     """Seconds of `repeats` epochs of each, alternating, so that drift in the machine's speed
     (other processes, frequency) falls on both alike."""
-    a, b = [], []
-    for _ in range(repeats):
-        a += times(first, 1)
-        b += times(second, 1)
-    return a, b
+    t = timed_rounds({"first": first, "second": second}, repeats)
+    return t["first"], t["second"]
 
 
 def main() -> None:

@@ -67,6 +67,16 @@ def times(fn, repeats: int) -> list[float]:
     return [_timed(fn) for _ in range(repeats)]
 
 
+def timed_rounds(runs: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of every run in each of `repeats` rounds, the runs in turn within a round, so that
+    the host's drift (up to 1.5x within a minute here) falls on every side of one round alike."""
+    seconds = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            seconds[name].append(_timed(run))
+    return seconds
+
+
 def per_round(num: list[float], den: list[float]) -> list[float]:
     """Ratios round by round (both sides of a round timed back to back), for `ratio_cell(.., [1])`:
     drift between rounds then moves neither side against the other."""
@@ -102,11 +112,9 @@ def bench_batch(data, batch: int, repeats: int, chain) -> dict:
     fit = lambda: model.fit(data.x_train, data.y_train, batch_size=batch, epochs=1, verbose=0)  # noqa: E731
     fit()
     run_chain, chain_flops = chain
-    t_loop, t_fit, t_chain = [], [], []
-    for _ in range(repeats):
-        t_loop.append(_timed(lambda: trainer.train_epoch(rng)))
-        t_fit.append(_timed(fit))
-        t_chain.append(_timed(run_chain))
+    t = timed_rounds({"loop": lambda: trainer.train_epoch(rng), "fit": fit, "chain": run_chain},
+                     repeats)
+    t_loop, t_fit, t_chain = t["loop"], t["fit"], t["chain"]
     # Samples per second: fit's epoch sees every example, the loop drops the remainder.
     steps = data.num_train // batch
     loop_work = steps * batch / data.num_train
