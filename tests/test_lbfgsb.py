@@ -66,3 +66,31 @@ def test_missing_fast_routine_warns_once_and_records_the_public_path(monkeypatch
     assert res.driver == lbfgsb.PUBLIC and np.allclose(res.x, 0, atol=1e-6)
     warning = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
     assert len(warning) == 1 and "scipy.optimize.minimize" in warning[0]
+
+
+def test_setulb_runs_its_blas_on_one_thread_and_the_objective_keeps_its_threads(monkeypatch):
+    import threadpoolctl
+    from scipy.optimize import _lbfgsb
+
+    from lbtf.lbfgsb import FAST, minimize_box
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+
+    original, in_setulb, in_fun = _lbfgsb.setulb, [], []
+
+    def recording(*args):
+        in_setulb.append(blas_threads())
+        return original(*args)
+
+    def fun(x):
+        in_fun.append(blas_threads())
+        return float(x @ x), 2 * x
+
+    monkeypatch.setattr(_lbfgsb, "setulb", recording)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        assert blas_threads() == {2}
+        res = minimize_box(fun, np.ones(3), -np.full(3, 2.0), np.full(3, 2.0), maxiter=5)
+        assert blas_threads() == {2}  # restored after the run
+    assert res.driver == FAST and in_setulb and all(t == {1} for t in in_setulb)
+    assert in_fun and all(t == {2} for t in in_fun)
