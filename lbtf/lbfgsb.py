@@ -25,7 +25,7 @@ FAST, PUBLIC = "setulb (vectorised bounds)", "scipy.optimize.minimize"
 # L-BFGS-B's own BLAS calls run on one thread. Its vector operations are too short for threads to
 # pay (2 cores, n = 1.46M, m = 10: 185 against 228 ms an evaluation), and an OpenBLAS worker left
 # idle spins for a while after each call, taking a core from the loss+gradient pass that follows
-# (F1 on 4000 examples: a pass inside a sharpness run took 0.27-0.29 s, 0.21-0.26 s on one thread).
+# (F1 on 4000 examples: passes inside a sharpness run took 1.17x bare ones, 1.01x on one thread).
 SETULB_BLAS_THREADS = 1
 
 
