@@ -168,17 +168,16 @@ def main() -> None:
     print(f"F1, {len(x)} examples, n = {w0.size} weights")
     # Rounds: each times bare passes, full space, bare passes again, the held and the streamed
     # subspace, and the naive version, so that drift in the machine's speed falls on every side alike.
-    t = {k: [] for k in ("chain", "before", "after", "pass", "full", "inside", "setulb", "glue",
-                         "held", "streamed", "products", "naive")}
+    t = {k: [] for k in ("chain", "before", "after", "full", "inside", "setulb", "glue", "held",
+                         "streamed", "products", "naive")}
     bare = lambda: [_timed(lambda: obj.value_and_gradient(w0)) for _ in range(args.passes)]  # noqa: E731
     for _ in range(args.repeats):
         t["chain"].append(_timed(run_chain))
-        t["before"].append(np.mean(before := bare()))
+        t["before"].append(np.mean(bare()))
         timed, setulb = TimedObjective(obj), [0.0]
         with PeakRSS() as mem_full, setulb_timed(setulb):
             full = sharpness_at(timed, w0, epsilon=1e-3, maxiter=args.maxiter)
-        t["after"].append(np.mean(after := bare()))
-        t["pass"].append(np.mean(before + after))
+        t["after"].append(np.mean(bare()))
         t["full"].append(full.seconds / full.nfev)
         t["inside"].append(full.seconds / timed.seconds)
         t["setulb"].append(setulb[0] / full.nfev)
@@ -204,6 +203,7 @@ def main() -> None:
         t0 = time.perf_counter()
         f_naive, nfev_naive = naive_sharpness(model, x, y, 1e-3, args.maxiter)
         t["naive"].append((time.perf_counter() - t0) / nfev_naive)
+    t["pass"] = [(b + a) / 2 for b, a in zip(t["before"], t["after"], strict=True)]
     # The naive version's extra work, at lbtf's rate: model.evaluate's forward pass (a third of a
     # loss+gradient pass's FLOPs) each evaluation, and scipy's bound conversion once a run.
     conversion = conversion_seconds(w0.size)
@@ -255,8 +255,8 @@ def _cell(num, den, target: str, met, fmt: str = "{:.2f}x") -> tuple:
 
 
 def _ms(seconds: list[float]) -> str:
-    return (f"{statistics.median(seconds) * 1e3:.0f} ms ({min(seconds) * 1e3:.0f}-"
-            f"{max(seconds) * 1e3:.0f})")
+    """median (min-max) in milliseconds."""
+    return ratio_cell(seconds, [1.0], 1e3, "{:.0f}")[0] + " ms"
 
 
 def _timed(fn) -> float:
