@@ -1,16 +1,20 @@
-"""tf.distribute helpers: choosing a strategy, who writes, and splitting a global batch.
+"""tf.distribute helpers: choosing a strategy, who writes, splitting a global batch, placing data
+on the replicas once, and the chief's word on what every worker does next.
 
-Batch normalisation under a multi-replica strategy: Keras' BatchNormalization computes its
-statistics over each replica's share of the batch, so an "LB" run of global batch B on R replicas
-normalises ghost batches of B / R examples (`describe` says so at the start of every run). Use
-`--bn_layer=sync` (`BatchNormalization(synchronized=True)`) for true large-batch statistics.
+A run's science does not depend on the replica count: lbtf's BN layers normalise over the batch
+the experiment names (synchronized BN, ghosts of the global batch; lbtf.layers), dropout and
+augmentation draw for the global batch, and every worker takes the chief's measurements, so
+its stopping decision and measured point. `describe` logs what each regime runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import weakref
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from lbtf.choices import STRATEGIES  # noqa: F401  (re-exported)
@@ -82,22 +86,91 @@ def per_replica_batch(strategy: tf.distribute.Strategy, global_batch: int) -> in
     return global_batch // n
 
 
-def describe(strategy: tf.distribute.Strategy, batches: dict[str, int], *, bn: str,
+def check_bn_split(strategy: tf.distribute.Strategy, batch: int, *, bn: str,
+                   ghost_batch_size: int) -> None:
+    """Ghost BN on several replicas needs whole ghosts on every replica (or one ghost holding the
+    global batch): a ghost split between two replicas would need statistics of part of each."""
+    n = strategy.num_replicas_in_sync
+    per = per_replica_batch(strategy, batch)
+    if bn == "ghost" and n > 1 and ghost_batch_size < batch and per % ghost_batch_size:
+        raise UsageError(f"ghost batches of {ghost_batch_size} do not tile the per-replica batch of "
+                         f"{per} (global {batch} on {n} replicas); use a batch size whose share "
+                         f"per replica is a multiple of --ghost_batch_size, or fewer replicas")
+
+
+def bn_statement(bn: str, batch: int, *, replicas: int, ghost_batch_size: int) -> str:
+    """What batch normalisation normalises with in a regime of global batch `batch`."""
+    per = batch // replicas
+    over = "" if replicas == 1 else f" (all-reduced over {replicas} replicas)"
+    return {"standard": f"BN statistics over the global batch of {batch}{over}",
+            "sync": f"BN statistics over the global batch of {batch}{over}",
+            "ghost": (f"ghost BN over ghost batches of {min(ghost_batch_size, batch)}"
+                      + (f", {over.strip(' ()')}" if ghost_batch_size >= batch and over else "")),
+            "per_replica": f"BN statistics over each replica's {per} examples (--bn_layer=per_replica"
+                           f"{'' if replicas > 1 else ': one replica, the whole batch'})",
+            "none": "no BN"}.get(bn, bn)
+
+
+def describe(strategy: tf.distribute.Strategy, batches: dict[str, int], *, bn: str | dict[str, str],
              ghost_batch_size: int) -> list[str]:
-    """How each global batch is split over the replicas and what batch normalisation sees."""
+    """How each global batch is split over the replicas and what batch normalisation sees; `bn`
+    is one layer kind for every regime or one per regime."""
     n = strategy.num_replicas_in_sync
     index, workers = worker(strategy)
     lines = [f"{type(strategy).__name__}: {n} replica(s) on {workers} worker(s), this is worker "
              f"{index}{' (chief: writes the run folder)' if index == 0 else ''}"]
     for regime, b in batches.items():
-        per = b // n
-        norm = {"sync": f"BN statistics over the whole global batch of {b} (--bn_layer=sync)",
-                "ghost": f"ghost BN over {min(ghost_batch_size, per)} examples within each replica",
-                "standard": (f"BN statistics per replica: ghost batches of {per} (--bn_layer=sync for "
-                             f"statistics over all {b})" if n > 1 else
-                             f"BN statistics over the batch of {b}")}[bn]
-        lines.append(f"  {regime}: global batch {b} = {n} x {per} per replica; {norm}")
+        kind = bn[regime] if isinstance(bn, dict) else bn
+        norm = bn_statement(kind, b, replicas=n, ghost_batch_size=ghost_batch_size)
+        lines.append(f"  {regime}: global batch {b} = {n} x {b // n} per replica; {norm}")
     return lines
+
+
+_SHARED: dict[tuple, tuple] = {}
+
+
+def shared(array: np.ndarray, key: tuple, make: Callable[[], object], *, owner: object = None):
+    """make(), computed once for (array, key, owner) while `array` lives: the trainers of one
+    experiment hold one copy of its data, not one each."""
+    k = (id(array), *key, id(owner))
+    hit = _SHARED.get(k)
+    if hit is not None and hit[0] is owner:  # the owner kept alive by the entry: no reused id
+        return hit[1]
+    _SHARED[k] = (owner, make())
+    weakref.finalize(array, _SHARED.pop, k, None)
+    return _SHARED[k][1]
+
+
+def place(strategy: tf.distribute.Strategy, array: np.ndarray):
+    """`array` held once on each replica's device: a tensor on one replica, else per-replica
+    copies made under each device's scope (`experimental_distribute_values_from_function`), so no
+    step reads data from another device. Shared by every caller with the same array and strategy."""
+    def make():
+        if strategy.num_replicas_in_sync == 1:
+            return tf.constant(array)
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.identity(tf.constant(array)))
+    return shared(array, ("placed",), make, owner=strategy)
+
+
+def local_copy(strategy: tf.distribute.Strategy, placed) -> tf.Tensor:
+    """The first local replica's copy of a `place`d array (for work outside `strategy.run`)."""
+    return strategy.experimental_local_results(placed)[0]
+
+
+def from_chief(strategy: tf.distribute.Strategy, values: Sequence[float]) -> list[float]:
+    """The chief's `values` on every worker (one all-reduce; unchanged on one worker). Workers
+    that measure a little differently (their own rounding) then decide alike when to stop and
+    which epoch to measure: a worker deciding alone could wait forever in a collective."""
+    if worker(strategy)[1] == 1:
+        return [float(v) for v in values]
+    mine = tf.constant(np.asarray(values, np.float64))
+
+    def chief_only(ctx: tf.distribute.ValueContext) -> tf.Tensor:
+        return mine if ctx.replica_id_in_sync_group == 0 else tf.zeros_like(mine)
+
+    per_replica = strategy.experimental_distribute_values_from_function(chief_only)
+    return [float(v) for v in strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)]
 
 
 def split_columns(strategy: tf.distribute.Strategy, idx: tf.Tensor) -> object:

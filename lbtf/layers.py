@@ -1,7 +1,14 @@
-"""Ghost Batch Normalization (Hoffer, Hubara and Soudry 2017) as a Keras 3 layer.
+"""Normalisation and dropout layers whose training step does not depend on the replica count.
 
-Keras 2's `BatchNormalization(virtual_batch_size=...)` also split batches at inference and broke
-`load_model`; Keras 3 dropped it. This layer splits only in training.
+- `GhostBatchNormalization` (Hoffer, Hubara and Soudry 2017): Keras 2's
+  `BatchNormalization(virtual_batch_size=...)` also split batches at inference and broke
+  `load_model`; Keras 3 dropped it. This layer splits only in training.
+- `ReplicaDropout`: Keras' Dropout draws the same mask on every replica (the seed generators move in
+  lockstep); this one draws the mask of the whole global batch and keeps the replica's rows.
+
+Under a multi-replica strategy replica r holds rows [r b, (r + 1) b) of the global batch (lbtf's
+loop, `distribute.split_columns`), so "the same as on one device" means: statistics over the
+global batch, ghosts numbered over the global batch, masks of the global batch's rows.
 """
 
 from __future__ import annotations
@@ -10,6 +17,36 @@ import functools
 
 import keras
 import tensorflow as tf
+
+
+def replica_slot() -> tuple[int, tf.Tensor | int]:
+    """(replicas in sync, this replica's index): (1, 0) outside a multi-replica step."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return 1, 0
+    return ctx.num_replicas_in_sync, ctx.replica_id_in_sync_group
+
+
+@keras.saving.register_keras_serializable(package="lbtf")
+class ReplicaDropout(keras.layers.Dropout):
+    """Dropout whose masks do not depend on how a batch is split over replicas.
+
+    On one device it is Keras' Dropout, op for op. On R replicas every replica draws the mask of
+    the whole global batch (R x its rows) from the same seed, as one device would, and keeps its
+    own rows: masks differ between replicas, are reproducible, and equal the one-device masks.
+    Drawing R x the mask costs R x a uniform draw of one activation, small beside the layer."""
+
+    def call(self, inputs, training=False):
+        replicas, r = replica_slot()
+        if not (training and self.rate > 0) or replicas == 1:
+            return super().call(inputs, training=training)
+        if self.noise_shape is not None:
+            raise ValueError("ReplicaDropout supports noise_shape=None only")
+        b = tf.shape(inputs)[0]
+        shape = tf.concat([[b * replicas], tf.shape(inputs)[1:]], 0)
+        keep = keras.random.dropout(tf.ones(shape, inputs.dtype), self.rate,
+                                    seed=self.seed_generator)
+        return inputs * keep[r * b:(r + 1) * b]
 
 
 @keras.saving.register_keras_serializable(package="lbtf")
@@ -23,10 +60,17 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
     Inference: the moving statistics, for any batch size, exactly like BatchNormalization.
     With `virtual_batch_size` >= the batch it is standard batch normalisation. Same weights, same
     checkpoints and `.keras` files as BatchNormalization, plus `virtual_batch_size` in the config.
+
+    On R replicas the ghosts are those of the global batch: each replica normalises its own whole
+    ghosts (the per-replica batch must be a multiple of the ghost size), a ghost as large as the
+    global batch is normalised with statistics all-reduced over the replicas, and the moving
+    statistics take every ghost of the global batch in order (one all-reduce), so every replica
+    holds the moving statistics one device would. `virtual_batch_size=None`: each replica's share
+    is one ghost (Keras BN under MirroredStrategy without synchronisation, on purpose).
     """
 
-    def __init__(self, virtual_batch_size: int = 128, **kwargs):
-        if int(virtual_batch_size) < 1:
+    def __init__(self, virtual_batch_size: int | None = 128, **kwargs):
+        if virtual_batch_size is not None and int(virtual_batch_size) < 1:
             raise ValueError(f"virtual_batch_size must be a positive integer, got "
                              f"{virtual_batch_size}")
         if kwargs.get("renorm") or kwargs.get("synchronized"):
@@ -35,7 +79,7 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
         if axis not in (-1, [-1]):
             raise ValueError("GhostBatchNormalization normalises the last (channel) axis only")
         super().__init__(**kwargs)
-        self.virtual_batch_size = int(virtual_batch_size)
+        self.virtual_batch_size = None if virtual_batch_size is None else int(virtual_batch_size)
 
     def call(self, inputs, training=None, mask=None):
         if not (training and self.trainable):
@@ -45,15 +89,35 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
         # runs on the whole batch: a ghost batch as large as the batch is standard BN, op for op.
         gamma = tf.cast(self.gamma, x.dtype) if self.scale else None
         beta = tf.cast(self.beta, x.dtype) if self.center else None
+        replicas, _ = replica_slot()
+        v = self.virtual_batch_size
+        if replicas > 1 and x.shape[0] is not None and v is not None:
+            if v >= x.shape[0] * replicas:  # one ghost: the global batch
+                return self._normalize_synchronized(x, gamma, beta)
+            if x.shape[0] % v:
+                raise ValueError(
+                    f"ghost batches of {v} do not tile the per-replica batch of {x.shape[0]} on "
+                    f"{replicas} replicas; use a per-replica batch that is a multiple of {v}")
         if x.shape[0] is None:  # dynamic batch: per-example ghost indices and segment sums
             out, mean, var = self._normalize_dynamic(x, gamma, beta)
         else:  # static batch (lbtf's loop): whole ghosts as a reshape, plus a smaller last one
             out, mean, var = self._normalize_static(x, gamma, beta)
-        self._update_moving(mean, var)
+        self._update_moving(mean, var, ordered_over_replicas=v is not None)
+        return tf.cast(out, self.compute_dtype)
+
+    def _normalize_synchronized(self, x, gamma, beta):
+        """One ghost spanning every replica: statistics all-reduced, as synchronized BN."""
+        axes = list(range(len(x.shape) - 1))
+        mean, var = keras.ops.moments(x, axes, keepdims=True, synchronized=True)
+        out = tf.nn.batch_normalization(x, mean, var, beta, gamma, self.epsilon)
+        # Every replica holds the same statistics: each updates its copy alone.
+        self._update_moving(tf.reshape(mean, [1, -1]), tf.reshape(var, [1, -1]),
+                            ordered_over_replicas=False)
         return tf.cast(out, self.compute_dtype)
 
     def _normalize_static(self, x, gamma, beta):
-        n, v = x.shape[0], self.virtual_batch_size
+        n = x.shape[0]
+        v = self.virtual_batch_size or n
         full = n // v * v
         pieces, means, variances = [], [], []
         for start, size, count in ((0, v, full // v), (full, n - full, 1 if n > full else 0)):
@@ -79,8 +143,9 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
     def _ghost_moments(self, x):
         """Per-ghost mean and biased variance [G, C], and each example's ghost index [n]."""
         n = tf.shape(x)[0]
-        ghosts = (n + self.virtual_batch_size - 1) // self.virtual_batch_size
-        ghost_of = tf.range(n) // self.virtual_batch_size
+        v = self.virtual_batch_size or n
+        ghosts = (n + v - 1) // v
+        ghost_of = tf.range(n) // v
         spatial = list(range(1, len(x.shape) - 1))
         per_example = tf.reduce_mean(x, axis=spatial) if spatial else x
         count = tf.math.unsorted_segment_sum(tf.ones([n]), ghost_of, ghosts)[:, None]
@@ -91,31 +156,53 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
         var = tf.math.unsorted_segment_sum(per_example, ghost_of, ghosts) / count
         return mean, var, ghost_of
 
-    def _update_moving(self, mean, var) -> None:
+    def _update_moving(self, mean, var, *, ordered_over_replicas: bool) -> None:
         """G momentum updates in ghost order, in closed form:
-        s_G = m^G s_0 + (1 - m) sum_k m^(G-k) x_k."""
+        s_G = m^G s_0 + (1 - m) sum_k m^(G-1-k) x_k, k = 0..G-1.
+        On R replicas of g ghosts each (ordered_over_replicas), replica r's ghost j is ghost
+        k = r g + j of the global batch: each replica sums its own terms and one all-reduce adds
+        them, so every replica applies the one-device update."""
         m = tf.constant(self.momentum, tf.float32)
-        ghosts = tf.shape(mean)[0]
-        powers = tf.pow(m, tf.cast(tf.range(ghosts - 1, -1, -1), tf.float32))[:, None]
-        decay = tf.pow(m, tf.cast(ghosts, tf.float32))
+        g = tf.shape(mean)[0]
+        replicas, r = replica_slot() if ordered_over_replicas else (1, 0)
+        total = g * replicas
+        powers = tf.pow(m, tf.cast(total - 1 - (r * g + tf.range(g)), tf.float32))[:, None]
+        decay = tf.pow(m, tf.cast(total, tf.float32))
         for stat, batch in ((self.moving_mean, mean), (self.moving_variance, var)):
-            stat.assign(decay * tf.cast(stat, tf.float32)
-                        + (1.0 - m) * tf.reduce_sum(powers * batch, axis=0))
+            terms = tf.reduce_sum(powers * batch, axis=0)
+            if replicas > 1:
+                terms = tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, terms)
+            stat.assign(decay * tf.cast(stat, tf.float32) + (1.0 - m) * terms)
 
     def get_config(self):
         return {**super().get_config(), "virtual_batch_size": self.virtual_batch_size}
 
 
+def _global_batch_norm(*, momentum: float) -> keras.layers.BatchNormalization:
+    """Keras BN over the global batch: synchronized when built under a multi-replica strategy
+    (on one device plain BN, whose two-pass variance is kept bit for bit)."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return keras.layers.BatchNormalization(momentum=momentum, synchronized=replicas > 1)
+
+
 def norm_layer(kind: str, *, virtual_batch_size: int = 128, momentum: float = 0.99):
-    """A factory for models.build_model(norm=...): 'standard' (Keras BN, per replica), 'ghost'
-    (GhostBatchNormalization) or 'sync' (BN statistics all-reduced over replicas). `momentum` is
-    Keras' (moving = momentum x moving + (1 - momentum) x batch): PyTorch's 0.1 is Keras' 0.9."""
+    """A factory for models.build_model(norm=...), whatever the replica count:
+    'standard' (statistics over the global batch: Keras BN, synchronized on several replicas),
+    'ghost' (GhostBatchNormalization over ghosts of the global batch), 'sync' (Keras BN always
+    synchronized) or 'per_replica' (each replica's share normalised alone: ghost BN of B / R, the
+    old MirroredStrategy default, chosen on purpose; moving statistics still the same on every
+    replica). `momentum` is Keras' (moving = momentum x moving + (1 - momentum) x batch):
+    PyTorch's 0.1 is Keras' 0.9. Build the model under the strategy it trains with."""
     if kind == "standard":
-        return functools.partial(keras.layers.BatchNormalization, momentum=momentum)
+        return functools.partial(_global_batch_norm, momentum=momentum)
     if kind == "ghost":
         return functools.partial(GhostBatchNormalization, virtual_batch_size=virtual_batch_size,
+                                 momentum=momentum)
+    if kind == "per_replica":
+        return functools.partial(GhostBatchNormalization, virtual_batch_size=None,
                                  momentum=momentum)
     if kind == "sync":
         return functools.partial(keras.layers.BatchNormalization, synchronized=True,
                                  momentum=momentum)
-    raise ValueError(f"unknown normalisation {kind!r}; choose standard, ghost or sync")
+    raise ValueError(f"unknown normalisation {kind!r}; choose standard, ghost, sync or per_replica")

@@ -31,6 +31,7 @@ from keras import layers
 
 from lbtf.choices import HOFFER_NETWORKS, KESKAR_NETWORKS, NETWORKS, VARIANTS  # noqa: F401
 from lbtf.errors import UsageError
+from lbtf.layers import ReplicaDropout
 
 # The dataset each network is trained on in the paper (Table 1).
 PAPER_DATASET = {"F1": "mnist", "F2": "timit", "C1": "cifar10", "C2": "cifar10",
@@ -50,7 +51,7 @@ def _bn_relu(x, norm: NormFactory):
 
 def _dense_block(x, units: int, norm: NormFactory, dropout: float = 0.0):
     x = _bn_relu(layers.Dense(units)(x), norm)
-    return layers.Dropout(dropout)(x) if dropout else x
+    return ReplicaDropout(dropout)(x) if dropout else x
 
 
 def _fully_connected(x, depth: int, norm: NormFactory):
@@ -81,11 +82,11 @@ def _deep_conv(x, variant: str, norm: NormFactory):
         for i in range(n):
             x = _bn_relu(layers.Conv2D(filters, 3, padding="same")(x), norm)
             if variant == "reference" and i < n - 1:
-                x = layers.Dropout(0.3 if s == 0 else 0.4)(x)
+                x = ReplicaDropout(0.3 if s == 0 else 0.4)(x)
         x = layers.MaxPooling2D(2, padding="same")(x)
     x = layers.Flatten()(x)
     if variant == "reference":
-        x = layers.Dropout(0.5)(x)
+        x = ReplicaDropout(0.5)(x)
     return _dense_block(x, 512, norm, dropout=0.5)
 
 

@@ -2,8 +2,10 @@
 
 A per-replica `step_fn` does one Adam step on the replica's share of a global batch; a
 `@tf.function` loop runs a whole epoch (or `steps_per_loop` steps) of them in-graph, compiled with
-XLA on a single replica. The data stays in memory as tensors and batches are gathered in-graph from
-a seeded permutation, so no input pipeline sits between steps.
+XLA on a single replica. The data stays in memory as tensors, one copy on each replica's device
+shared by every trainer of the process (`distribute.place`), and batches are gathered in-graph from
+a seeded permutation, so no input pipeline sits between steps and no step copies data between
+devices.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from lbtf.bn import BatchNormEstimator, bn_layers, population_pass
 from lbtf.checkpoints import Checkpoints, keep_weights, restore_weights  # noqa: F401
 from lbtf.choices import parse_batch_size, resolve_batch_size  # noqa: F401  (re-exported)
 from lbtf.data import Dataset
-from lbtf.distribute import split_columns, worker
+from lbtf.distribute import from_chief, local_copy, place, split_columns, worker
 from lbtf.objective import EvalSet, make_evaluator, use_xla
 from lbtf.objective import default_loss as per_example_loss
 from lbtf.optim import global_gradients, learning_rate_schedule, make_optimizer
@@ -121,19 +123,19 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             self._anchors = ([tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
                              if remedy.conservative_lambda else [])
+            # In the scope: each replica advances its own copy of the seeds, in lockstep.
+            self._augment = augment.pipeline(keskar=remedy.augment, seed=config.seed,
+                                             crop_flip_pad=config.crop_flip_pad)
         self.xla = xla = use_xla(self.model, requested=config.jit_compile,
                                  replicas=self.strategy.num_replicas_in_sync)
-        self._augment = augment.pipeline(
-            keskar=remedy.augment, seed=config.seed,
-            crop_flip_pad=config.crop_flip_pad)
         # w_0 of ||w_t - w_0||, kept as variables so a resumed run measures from the same start.
         self._w0 = [tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
         # BN moving statistics, kept by SAM's second pass.
         self._bn_stats = [v for lay in bn_layers(self.model)
                           for v in (lay.moving_mean, lay.moving_variance)]
         self._fresh_optimizer = [v.numpy() for v in self.optimizer.variables]
-        self._x = tf.constant(data.x_train)
-        self._y = tf.constant(data.y_train)
+        self._x = place(self.strategy, data.x_train)
+        self._y = place(self.strategy, data.y_train)
         # Appendix E's image transforms have no XLA kernel: such training runs as a plain graph.
         self._loop = tf.function(self._run_steps,
                                  jit_compile=xla and augment.jit_compatible(self._augment))
@@ -143,8 +145,9 @@ class Trainer:
         self._population = None
         if config.bn_eval == "recompute":
             with self.strategy.scope():
-                self._population = population_pass(self.model, self._x, self._y,
-                                                   loss=per_example_loss, jit_compile=xla)
+                self._population = population_pass(
+                    self.model, local_copy(self.strategy, self._x),
+                    local_copy(self.strategy, self._y), loss=per_example_loss, jit_compile=xla)
         self._bn_estimator = None if self._population else self._make_bn_estimator(xla)
         self._start_diffusion()
 
@@ -231,11 +234,12 @@ class Trainer:
                     variables, self._anchors, self.config.remedies.conservative_lambda))
         return tape.gradient(loss, variables), loss
 
-    def _step_fn(self, idx: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
-        """One optimizer step on this replica's examples idx[i] (conservative training: one
-        proximal subproblem, `conservative_steps` Adam steps on the same batch)."""
+    def _step_fn(self, x: tf.Tensor, y: tf.Tensor, idx: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
+        """One optimizer step on this replica's examples idx[i] of its copy of the training set
+        (conservative training: one proximal subproblem, `conservative_steps` Adam steps on the
+        same batch)."""
         ids = idx[i]
-        xb, yb = tf.gather(self._x, ids), tf.gather(self._y, ids)
+        xb, yb = tf.gather(x, ids), tf.gather(y, ids)
         if self._augment is not None:
             xb = self._augment(xb, training=True)
         variables = self.model.trainable_variables
@@ -255,10 +259,10 @@ class Trainer:
             first = loss if first is None else first
         return first
 
-    def _run_steps(self, idx, steps: int) -> tf.Tensor:
+    def _run_steps(self, x, y, idx, steps: int) -> tf.Tensor:
         total = tf.constant(0.0)
         for i in tf.range(steps):
-            loss = self.strategy.run(self._step_fn, args=(idx, i))
+            loss = self.strategy.run(self._step_fn, args=(x, y, idx, i))
             total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
         return total
 
@@ -269,7 +273,8 @@ class Trainer:
         total = 0.0
         for s in range(0, len(idx), chunk):
             part = tf.constant(idx[s:s + chunk])
-            total += float(self._loop(split_columns(self.strategy, part), int(part.shape[0])))
+            total += float(self._loop(self._x, self._y, split_columns(self.strategy, part),
+                                      int(part.shape[0])))
             self._steps_done += int(part.shape[0])
             if self.config.remedies.diffusion_every:
                 self.diffusion.append((self._steps_done, self.distance_from_start()))
@@ -327,8 +332,10 @@ def _epochs(trainer: Trainer, rng: np.random.Generator, done: int) -> dict:
         if (epoch % cfg.measure_every == 0 or epoch == cfg.max_epochs
                 or not math.isfinite(batch_loss)):
             break
-    return {"epoch": epoch, "steps": steps, "minibatch_loss": batch_loss, **trainer.measure(),
-            "seconds": time.perf_counter() - t0}
+    measured = {"minibatch_loss": batch_loss, **trainer.measure()}
+    # Every worker takes the chief's numbers, so all decide alike when to stop and what to keep.
+    measured = dict(zip(measured, from_chief(trainer.strategy, list(measured.values())), strict=True))
+    return {"epoch": epoch, "steps": steps, **measured, "seconds": time.perf_counter() - t0}
 
 
 def _stop_reason(history: list[dict], cfg: TrainConfig) -> str | None:

@@ -37,9 +37,12 @@ def test_batch_must_split_over_replicas_and_the_split_is_logged():
     assert worker(mirrored) == (0, 1) and is_chief(mirrored)
     head, sb, lb = describe(mirrored, {"SB": 256, "LB": 6000}, bn="standard", ghost_batch_size=128)
     assert "2 replica(s) on 1 worker(s)" in head
-    assert sb.startswith("  SB: global batch 256 = 2 x 128 per replica") and "ghost batches of 128" in sb
-    assert "ghost batches of 3000 (--bn_layer=sync for statistics over all 6000)" in lb
-    _, lb = describe(mirrored, {"LB": 6000}, bn="sync", ghost_batch_size=128)
-    assert "over the whole global batch of 6000" in lb
+    assert sb == "  SB: global batch 256 = 2 x 128 per replica; BN statistics over the global " \
+                 "batch of 256 (all-reduced over 2 replicas)"
+    assert "over the global batch of 6000 (all-reduced over 2 replicas)" in lb
+    _, sb, lb = describe(mirrored, {"SB": 128, "LB": 6000}, bn={"SB": "ghost", "LB": "per_replica"},
+                         ghost_batch_size=128)
+    assert sb.endswith("ghost BN over ghost batches of 128, all-reduced over 2 replicas")
+    assert lb.endswith("BN statistics over each replica's 3000 examples (--bn_layer=per_replica)")
     _, one = describe(tf.distribute.get_strategy(), {"SB": 256}, bn="ghost", ghost_batch_size=128)
-    assert "256 = 1 x 256 per replica; ghost BN over 128 examples" in one
+    assert one == "  SB: global batch 256 = 1 x 256 per replica; ghost BN over ghost batches of 128"

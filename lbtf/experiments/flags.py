@@ -119,9 +119,12 @@ flags.DEFINE_float("resume_interval", 30.0, "Seconds between resume checkpoints 
                    "written.", lower_bound=0)
 # Remedies (Hoffer et al. 2017; Keskar et al. Appendix E; SAM). Off by default; they apply to every
 # run of every training experiment (--experiment=remedies sets them per regime itself).
-flags.DEFINE_enum("bn_layer", "standard", NORMALIZATIONS, "BN layer of every network: standard "
-                  "Keras BN (per replica under MirroredStrategy), ghost (GhostBatchNormalization, "
-                  "--ghost_batch_size) or sync (statistics over all replicas: true LB statistics).")
+flags.DEFINE_enum("bn_layer", "standard", NORMALIZATIONS, "BN layer of every network, the same on "
+                  "any number of replicas: standard (statistics over the global batch; synchronized "
+                  "BN on several replicas), ghost (GhostBatchNormalization over ghosts of "
+                  "--ghost_batch_size of the global batch), sync (Keras BN always synchronized) or "
+                  "per_replica (each replica's share normalised alone: ghost BN of B / replicas, on "
+                  "purpose).")
 flags.DEFINE_float("bn_momentum", 0.99, "Momentum of the BN moving statistics, Keras' convention "
                    "(0.99, Keras' default; PyTorch's default, which Hoffer et al. ran, is 0.9 "
                    "here).", lower_bound=0, upper_bound=1)

@@ -42,7 +42,8 @@ def authors_way(cfg: Config) -> Config:
 def run(cfg: Config, log=print):
     started = time.perf_counter()
     data, strategy, batches = prepare.prepare(
-        cfg, {"SB": cfg.training.sb_batch_size, "LB": cfg.training.lb_batch_size})
+        cfg, {"SB": cfg.training.sb_batch_size, "LB": cfg.training.lb_batch_size},
+        bn_layers={"LB": ("standard", "ghost")})
     run_dir = rundir.start_run(cfg, "hoffer", strategy)
     base = authors_way(cfg)
     columns = {name: override(base, changes) for name, (_, changes) in COLUMNS.items()}

@@ -8,7 +8,7 @@ import tensorflow as tf
 from lbtf import data as data_lib
 from lbtf import runs
 from lbtf.choices import resolve_batch_size
-from lbtf.distribute import describe, make_strategy, per_replica_batch
+from lbtf.distribute import check_bn_split, describe, make_strategy
 from lbtf.errors import UsageError
 from lbtf.experiments.config import Config, DataConfig
 from lbtf.models import check_compatible
@@ -35,9 +35,11 @@ def load_data(cfg: Config) -> data_lib.Dataset:
     return data.standardized() if cfg.data.normalize else data
 
 
-def prepare(cfg: Config, batch_specs: dict[str, int | float], log=print):
+def prepare(cfg: Config, batch_specs: dict[str, int | float], log=print,
+            bn_layers: dict[str, tuple[str, ...]] | None = None):
     """Creates the strategy, loads data, checks the network fits it and the batch sizes fit the
-    data and the replicas; logs how each batch is split over the replicas.
+    data and the replicas (under --bn_layer and the `bn_layers` an experiment sets itself); logs
+    the strategy (each regime's split and BN: `training.train_regimes`).
 
     Everything that can be wrong with the input is found here, before a run folder exists.
     """
@@ -58,8 +60,8 @@ def prepare(cfg: Config, batch_specs: dict[str, int | float], log=print):
     batches = {}
     for regime, spec in batch_specs.items():
         batches[regime] = resolve_batch_size(spec, data.num_train)
-        per_replica_batch(strategy, batches[regime])
-    for line in describe(strategy, batches, bn=cfg.model.bn_layer,
-                         ghost_batch_size=cfg.model.ghost_batch_size):
-        log(line)
+        for kind in {cfg.model.bn_layer, *(bn_layers or {}).get(regime, ())}:
+            check_bn_split(strategy, batches[regime], bn=kind,
+                           ghost_batch_size=cfg.model.ghost_batch_size)
+    log(describe(strategy, {}, bn=cfg.model.bn_layer, ghost_batch_size=cfg.model.ghost_batch_size)[0])
     return data, strategy, batches

@@ -38,7 +38,8 @@ def regimes(cfg: Config, image_data: bool, log=print) -> dict[str, dict]:
 
 def run(cfg: Config, log=print):
     data, strategy, batches = prepare.prepare(
-        cfg, {"SB": cfg.training.sb_batch_size, "LB": cfg.training.lb_batch_size})
+        cfg, {"SB": cfg.training.sb_batch_size, "LB": cfg.training.lb_batch_size},
+        bn_layers={"SB": ("standard",), "LB": ("standard", "ghost")})
     options = regimes(cfg, len(data.input_shape) == 3, log)
     sizes = {name: batches["SB" if name == "SB" else "LB"] for name in options}
     run_dir = rundir.start_run(cfg, "remedies", strategy)

@@ -14,6 +14,7 @@ import pandas as pd
 from lbtf import data as data_lib
 from lbtf import runs
 from lbtf.checkpoints import checkpoint_at, remove_resume
+from lbtf.distribute import describe
 from lbtf.experiments.config import Config
 from lbtf.experiments.rundir import cached, summary_writer
 from lbtf.layers import norm_layer
@@ -125,8 +126,11 @@ def train_regimes(cfg: Config, *, data, strategy, batches: dict[str, int], run_d
     measured point (--measure_point, see `at_point`).
     """
     build = model_builder(cfg, data)
-    trainers = {regime: make_trainer((regimes or {}).get(regime, cfg), data, strategy, batch,
-                                     **fields)
+    configs = {regime: (regimes or {}).get(regime, cfg) for regime in batches}
+    for line in describe(strategy, batches, bn={r: c.model.bn_layer for r, c in configs.items()},
+                         ghost_batch_size=cfg.model.ghost_batch_size)[1:]:
+        log(line)
+    trainers = {regime: make_trainer(configs[regime], data, strategy, batch, **fields)
                 for regime, batch in batches.items()}
     finals, histories = [], []
     for trial in range(cfg.training.trials):
