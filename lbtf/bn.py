@@ -120,7 +120,11 @@ class BatchNormEstimator:
     """Re-estimates every BN layer's moving statistics of `model` from data `x` (see module doc).
 
     The data is cut into batches of `batch_size` (the last one smaller); each batch's statistics
-    are weighted by its size. The BN layers' inputs come from a probe model sharing the layers.
+    are weighted by its size. The BN layers' inputs come from a probe of the model's
+    batch-statistics twin (`measurement_model(model, "batch")`: dropout off, each BN layer
+    normalising the chunk with its own statistics), as `PopulationPass` does for the whole set, so
+    both paths estimate the same statistics. A model that cannot be cloned (subclassed) is probed
+    itself in training mode, where dropout is on.
     """
 
     def __init__(self, model: keras.Model, x: np.ndarray, *, batch_size: int = 2048,
@@ -130,13 +134,25 @@ class BatchNormEstimator:
         b = max(1, min(batch_size, self.n))
         self._batches = [tf.constant(x[i:i + b]) for i in range(0, self.n, b)]
         if self.layers:
-            probe = keras.Model(model.inputs, [lay.input for lay in self.layers])
+            probe, training, self._pairs = self._probe(model)
             axes = [[a for a in range(len(lay.input.shape)) if a not in self._channel_axes(lay)]
                     for lay in self.layers]
             self._moments = tf.function(
-                lambda xb: [tf.nn.moments(h, axes=ax)
-                            for h, ax in zip(_as_list(probe(xb, training=True)), axes, strict=True)],
+                lambda xb: [tf.nn.moments(h, axes=ax) for h, ax in
+                            zip(_as_list(probe(xb, training=training)), axes, strict=True)],
                 jit_compile=use_xla(model, requested=jit_compile))
+
+    def _probe(self, model: keras.Model) -> tuple[keras.Model, bool, list]:
+        """(probe, its training flag, (twin weight, model weight) pairs to copy before a pass)."""
+        try:
+            twin = measurement_model(model, "batch")
+            twin_bn = {lay.name: lay for lay in twin.layers
+                       if isinstance(lay, BatchStatisticsNormalization)}
+            inputs = [twin_bn[lay.name].input for lay in self.layers]
+        except (ValueError, KeyError, AttributeError, TypeError):  # nested or subclassed models
+            return keras.Model(model.inputs, [lay.input for lay in self.layers]), True, []
+        pairs = list(zip(twin.trainable_variables, model.trainable_variables, strict=True))
+        return keras.Model(twin.inputs, inputs), False, pairs
 
     @staticmethod
     def _channel_axes(layer) -> set[int]:
@@ -147,6 +163,8 @@ class BatchNormEstimator:
     def __call__(self) -> None:
         if not self.layers:
             return
+        for t, v in self._pairs:  # the twin holds a copy of the weights: bring it up to date
+            t.assign(v)
         means = [0.0] * len(self.layers)
         variances = [0.0] * len(self.layers)
         for xb in self._batches:

@@ -102,7 +102,7 @@ class GhostBatchNormalization(keras.layers.BatchNormalization):
             out, mean, var = self._normalize_dynamic(x, gamma, beta)
         else:  # static batch (lbtf's loop): whole ghosts as a reshape, plus a smaller last one
             out, mean, var = self._normalize_static(x, gamma, beta)
-        self._update_moving(mean, var, ordered_over_replicas=v is not None)
+        self._update_moving(mean, var, ordered_over_replicas=True)
         return tf.cast(out, self.compute_dtype)
 
     def _normalize_synchronized(self, x, gamma, beta):
