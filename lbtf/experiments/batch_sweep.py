@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from lbtf import figures, report
-from lbtf.experiments import prepare, rundir, sharpness, training
+from lbtf.experiments import prepare, rundir, sharding, sharpness, training
 from lbtf.experiments.config import Config
 
 
@@ -23,17 +23,19 @@ def run(cfg: Config, log=print):
     trained = training.train_regimes(cfg, data=data, strategy=strategy, batches=batches,
                                      run_dir=run_dir, log=log)
     all_runs, trained = trained, training.without_diverged(trained, log)
-    accuracy = (trained.groupby("batch_size", sort=True)
-                .agg(train_acc=("train_acc", "mean"), test_acc=("test_acc", "mean"),
-                     test_acc_std=("test_acc", "std"), epochs=("epochs", "mean")).reset_index())
     found = pd.DataFrame(columns=["batch_size", "space", "epsilon", "value"])
-    if cfg.measure.sharpness:
+    if cfg.measure.sharpness and not trained.empty:
         log("measuring the sharpness of every final iterate")
         minimizers = [{"trial": r.trial, "regime": r.regime, "batch_size": r.batch_size,
                        "checkpoint": r.checkpoint}
                       for r in trained.itertuples()]
         found = sharpness.measure_minimizers(cfg, data, minimizers, strategy=strategy, log=log,
                                              cache_dir=run_dir / "measurements")
+    if cfg.run.shard:
+        return sharding.done(cfg.run.shard, run_dir, len(all_runs), log)
+    accuracy = (trained.groupby("batch_size", sort=True)
+                .agg(train_acc=("train_acc", "mean"), test_acc=("test_acc", "mean"),
+                     test_acc_std=("test_acc", "std"), epochs=("epochs", "mean")).reset_index())
     sharp = sharpness.primary_sharpness(found, cfg.measure.bn_measure)
     writer = rundir.summary_writer(run_dir, "figures")
     fig = figures.batch_sweep(accuracy, sharp,

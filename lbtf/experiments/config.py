@@ -26,6 +26,7 @@ class RunConfig:
     deterministic: bool
     output_dir: str
     run_name: str | None
+    shard: str | None        # "i/N": this process's share of the runs (lbtf.experiments.sharding)
     flags_text: str          # the resolved flags as a flagfile, saved as the run's flags.txt
 
 

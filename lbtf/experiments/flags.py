@@ -22,6 +22,7 @@ from lbtf.choices import (
     parse_batch_size,
 )
 from lbtf.data import LOADERS
+from lbtf.experiments.sharding import SHARDED
 from lbtf.remedies import REGIMES, Remedies
 
 EXPERIMENTS = ("table2", "train", "sharpness", "batch_sweep", "warm_start", "trajectory",
@@ -235,6 +236,10 @@ flags.DEFINE_string("output_dir", "outputs", "Root of the run folders.")
 flags.DEFINE_string("run_name", None, "Run folder name under --output_dir (default: "
                     "<experiment>_<timestamp>). Starting again with the same name and flags "
                     "resumes: finished runs and measurements are skipped.")
+flags.DEFINE_string("shard", None, "i/N: train and measure only run k with k mod N = i of the "
+                    "experiment (trials x regimes), in the --run_name folder the other shards share; "
+                    "then the same command without --shard writes the results. One process per "
+                    "GPU: scripts/multi_gpu_node.sh; a Slurm array: scripts/slurm_array.sbatch.")
 
 
 # Renamed after 0.1.0 so that every BN flag starts with bn_; the old names stay for one release, so
@@ -337,14 +342,31 @@ def _valid_shape(dims: list[str]) -> bool:
     return bool(dims) and all(d.strip().isdigit() and int(d) > 0 for d in dims)
 
 
+@flags.multi_flags_validator(["shard", "experiment", "run_name", "strategy"],
+                             message="--shard=i/N (0 <= i < N) needs --run_name (the folder every "
+                             f"shard writes), an experiment of {', '.join(SHARDED)}, and a "
+                             "single-process strategy (auto or mirrored)")
+def _valid_shard(d: dict) -> bool:
+    if d["shard"] is None:
+        return True
+    share = re.fullmatch(r"(\d+)/(\d+)", d["shard"])
+    return (bool(share) and int(share[1]) < int(share[2]) and d["run_name"] is not None
+            and d["experiment"] in SHARDED and d["strategy"] in ("auto", "mirrored"))
+
+
+# How the work is split is not what is computed: shards of one run folder save the same flags.
+NOT_SAVED = ("shard",)
+
+
 def module_flags() -> list:
-    """This module's flags (not absl's own, nor the old names), for saving next to a run."""
+    """This module's flags (not absl's own, nor the old names)."""
     return [f for f in flags.FLAGS.get_flags_for_module(__name__) if f.name not in RENAMED]
 
 
 def flags_text() -> str:
     """The resolved flags as a flagfile (the run folder's flags.txt)."""
-    return "".join(f.serialize() + "\n" for f in module_flags() if f.value is not None)
+    return "".join(f.serialize() + "\n" for f in module_flags()
+                   if f.value is not None and f.name not in NOT_SAVED)
 
 
 def parse(argv: list[str]):

@@ -19,7 +19,7 @@ import time
 import pandas as pd
 
 from lbtf import figures, report
-from lbtf.experiments import prepare, remedies, rundir, sharpness, training
+from lbtf.experiments import prepare, remedies, rundir, sharding, sharpness, training
 from lbtf.experiments.config import Config, override
 
 # Column -> (the batch it trains at, the configuration fields it sets); each column after LB adds
@@ -56,12 +56,14 @@ def run(cfg: Config, log=print):
                                      run_dir=run_dir, log=log, regimes=columns)
     all_runs, trained = trained, training.without_diverged(trained, log)
     found = pd.DataFrame(columns=["regime", "measure", "space", "epsilon", "value"])
-    if cfg.measure.sharpness:
+    if cfg.measure.sharpness and not trained.empty:
         log("measuring the sharpness of every final point")
         found = sharpness.measure_minimizers(
             base, data, [{"trial": r.trial, "regime": r.regime, "checkpoint": r.checkpoint}
                          for r in trained.itertuples()],
             strategy=strategy, log=log, cache_dir=run_dir / "measurements")
+    if cfg.run.shard:
+        return sharding.done(cfg.run.shard, run_dir, len(all_runs), log)
     _write(base, data, strategy, run_dir, all_runs, trained, found, log,
            seconds=time.perf_counter() - started)
     return run_dir

@@ -19,7 +19,7 @@ from __future__ import annotations
 import pandas as pd
 
 from lbtf import figures, report
-from lbtf.experiments import prepare, rundir, sharpness, training
+from lbtf.experiments import prepare, rundir, sharding, sharpness, training
 from lbtf.experiments.config import Config, override
 from lbtf.remedies import OFF, REGIMES, diffusion_fit
 
@@ -50,13 +50,15 @@ def run(cfg: Config, log=print):
         regimes={name: override(cfg, changes) for name, changes in options.items()})
     all_runs, trained = trained, training.without_diverged(trained, log)
     found = pd.DataFrame(columns=["regime", "measure", "space", "epsilon", "value"])
-    if cfg.measure.sharpness:
+    if cfg.measure.sharpness and not trained.empty:
         log("measuring the sharpness of every minimiser")
         found = sharpness.measure_minimizers(
             cfg, data, [{"trial": r.trial, "regime": r.regime,
                            "checkpoint": r.checkpoint}
                           for r in trained.itertuples()],
             strategy=strategy, log=log, cache_dir=run_dir / "measurements")
+    if cfg.run.shard:
+        return sharding.done(cfg.run.shard, run_dir, len(all_runs), log)
     summary = summarize(all_runs, sharpness.primary_sharpness(found, cfg.measure.bn_measure))
     _write(cfg, data, strategy, run_dir, all_runs, trained, found, summary, options, log)
     return run_dir

@@ -15,7 +15,7 @@ import pandas as pd
 
 from lbtf import report
 from lbtf.errors import UsageError
-from lbtf.experiments import parametric, prepare, rundir, sharpness, training
+from lbtf.experiments import parametric, prepare, rundir, sharding, sharpness, training
 from lbtf.experiments.config import Config
 from lbtf.runs import read_path
 
@@ -34,9 +34,11 @@ def run(cfg: Config, log=print):
     trained = training.train_regimes(cfg, data=data, strategy=strategy, batches=batches,
                                      run_dir=run_dir, log=log)
     all_runs, trained = trained, training.without_diverged(trained, log)
+    found = _measure(cfg, data, trained, strategy=strategy, run_dir=run_dir, log=log)
+    if cfg.run.shard:
+        return sharding.done(cfg.run.shard, run_dir, len(all_runs), log)
     summary = report.accuracy_summary(trained)
     table = report.table2_markdown(summary, network=cfg.model.network, dataset=data.name)
-    found = _measure(cfg, data, trained, strategy=strategy, run_dir=run_dir, log=log)
     summaries, details = sharpness_sections(found, cfg, data.name) if found is not None else ([], [])
     dist = parametric.distances(cfg, data, trained)
     writer = rundir.summary_writer(run_dir, "figures")
@@ -74,7 +76,7 @@ def run(cfg: Config, log=print):
 
 def _measure(cfg: Config, data, trained: pd.DataFrame, *, strategy, run_dir, log) -> pd.DataFrame | None:
     """Tables 3 and 4: every run's measured point, under every --measure_bn mode (None: off)."""
-    if not cfg.measure.sharpness:
+    if not cfg.measure.sharpness or trained.empty:
         return None
     log("measuring the sharpness of every minimiser (Tables 3 and 4)")
     minimizers = [{"trial": r.trial, "regime": r.regime, "checkpoint": r.checkpoint}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lbtf import report
-from lbtf.experiments import prepare, rundir, training
+from lbtf.experiments import prepare, rundir, sharding, training
 from lbtf.experiments.config import Config
 
 
@@ -16,6 +16,8 @@ def run(cfg: Config, log=print):
         f"{cfg.training.trials} trials; writing {run_dir}")
     trained = training.train_regimes(cfg, data=data, strategy=strategy, batches=batches,
                                      run_dir=run_dir, log=log)
+    if cfg.run.shard:
+        return sharding.done(cfg.run.shard, run_dir, len(trained), log)
     all_runs, trained = trained, training.without_diverged(trained, log)
     summary = report.accuracy_summary(trained)
     text = "\n\n".join([f"# {cfg.model.network} on {data.name}, batch {batches[regime]}",

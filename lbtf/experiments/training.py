@@ -15,6 +15,7 @@ from lbtf import data as data_lib
 from lbtf import runs
 from lbtf.checkpoints import checkpoint_at, remove_resume
 from lbtf.distribute import describe
+from lbtf.experiments import sharding
 from lbtf.experiments.config import Config
 from lbtf.experiments.rundir import cached, summary_writer
 from lbtf.layers import norm_layer
@@ -123,7 +124,8 @@ def train_regimes(cfg: Config, *, data, strategy, batches: dict[str, int], run_d
     once and reset for each trial. Runs finished by an earlier start of the same run are skipped.
     `regimes[name]` is that regime's own Config (e.g. with a remedy on; default `cfg`); `fields`
     set TrainConfig fields of every regime. Each row's metrics and `checkpoint` are those of its
-    measured point (--measure_point, see `at_point`).
+    measured point (--measure_point, see `at_point`). With --shard only this shard's runs are
+    trained and returned, and history.csv is left to the command without --shard.
     """
     build = model_builder(cfg, data)
     configs = {regime: (regimes or {}).get(regime, cfg) for regime in batches}
@@ -136,7 +138,9 @@ def train_regimes(cfg: Config, *, data, strategy, batches: dict[str, int], run_d
     for trial in range(cfg.training.trials):
         seed = cfg.training.seed + trial
         start = None  # drawn only when a run of this trial is still to do
-        for regime, trainer in trainers.items():
+        for position, (regime, trainer) in enumerate(trainers.items()):
+            if not sharding.owns(cfg.run.shard, trial * len(trainers) + position):
+                continue  # another shard's run
             batch, name = batches[regime], f"trial{trial}_{regime}"
             path = run_dir / "runs" / f"{name}.json"
             if start is None and not path.is_file():
@@ -153,8 +157,9 @@ def train_regimes(cfg: Config, *, data, strategy, batches: dict[str, int], run_d
             finals.append({"trial": trial, "regime": regime, "batch_size": batch, "seed": seed,
                            **record, **point})
             histories.append(pd.DataFrame(history).assign(trial=trial, regime=regime))
-    history = pd.concat(histories, ignore_index=True)
-    runs.atomic_write_text(run_dir / "history.csv", history.to_csv(index=False))
+    if cfg.run.shard is None:
+        history = pd.concat(histories, ignore_index=True)
+        runs.atomic_write_text(run_dir / "history.csv", history.to_csv(index=False))
     return pd.DataFrame(finals)
 
 
@@ -162,6 +167,8 @@ def without_diverged(trained: pd.DataFrame, log=print) -> pd.DataFrame:
     """The runs that did not diverge. A diverged run (non-finite loss) keeps its record, history
     and the weights of its start and lowest-loss epoch, and the rest of the experiment goes on; it is
     left out of the summaries and measurements, and named in the log and in results.json."""
+    if trained.empty:  # a shard with no run of its own
+        return trained
     bad = trained.stop_reason == "diverged"
     for r in trained[bad].itertuples():
         log(f"  trial {r.trial} {r.regime}: diverged (non-finite loss) in epoch {r.epochs}; "
