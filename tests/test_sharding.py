@@ -80,3 +80,27 @@ def test_two_shards_then_the_unsharded_command_equal_one_process(data_dir, tmp_p
     assert not re.search(r"\] epoch +\d", final.stdout)  # every run was trained by a shard
     assert final.stdout.count("finished earlier, skipped") == 4 + 4  # runs and measurements
     assert _results(tmp_path / "study") == _results(tmp_path / "one" / "study")
+
+
+def test_multi_gpu_node_script_runs_one_shard_per_gpu_then_the_results(data_dir, tmp_path):
+    """scripts/multi_gpu_node.sh with two 'GPUs' (CUDA_VISIBLE_DEVICES means nothing to a CPU
+    build): two shard processes, then the unsharded command writes the results."""
+    flagfile = tmp_path / "tiny.flags"
+    flagfile.write_text("\n".join(["--experiment=table2", f"--data_dir={data_dir}",
+                                   *ARGS[:2], "--trials=1", "--nosharpness", "--parametric_points=3",
+                                   "--nojit_compile"]) + "\n")
+    name = f"scripttest{os.getpid()}"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHON": sys.executable, "GPUS": "0,1"}
+    try:
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "multi_gpu_node.sh"), str(flagfile),
+                               name, f"--output_dir={tmp_path}"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "started 2 shard(s)" in proc.stdout and "report:" in proc.stdout
+        logs = [(REPO / "outputs" / f"{name}.shard{i}.log").read_text() for i in range(2)]
+    finally:
+        for log in (REPO / "outputs").glob(f"{name}.shard*.log"):
+            log.unlink()
+    assert "shard 0/2: its 1 run(s)" in logs[0] and "shard 1/2: its 1 run(s)" in logs[1]
+    results = json.loads((tmp_path / name / "results.json").read_text())
+    assert [(r["trial"], r["regime"]) for r in results["runs"]] == [(0, "SB"), (0, "LB")]
