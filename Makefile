@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_hessian.py
 	$(PY) bench/bench_scaling.py
 	$(PY) bench/bench_profile.py
+	$(PY) bench/bench_replicas.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
