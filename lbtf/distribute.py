@@ -126,6 +126,17 @@ def describe(strategy: tf.distribute.Strategy, batches: dict[str, int], *, bn: s
     return lines
 
 
+def memory_statement(*, train_bytes: int, eval_bytes: int, parameters: int, slots: int) -> str:
+    """The memory a run holds per device before activations: the training set once (every
+    replica), the evaluation copies of both splits (first device), and the weights with their
+    optimizer slots (every replica), float32."""
+    mb = 2.0**20
+    return (f"  memory per device: training set {train_bytes / mb:.0f} MB on each replica, "
+            f"evaluation copies {eval_bytes / mb:.0f} MB on the first, weights and optimizer "
+            f"state {4 * parameters * (1 + slots) / mb:.0f} MB per regime on each; activations "
+            "on top")
+
+
 _SHARED: dict[tuple, tuple] = {}
 
 

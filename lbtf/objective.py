@@ -117,10 +117,13 @@ def _has_convolutions(layer) -> bool:
 
 
 def use_xla(model, *, requested: bool = True, replicas: int = 1) -> bool:
-    """Whether to compile `model`'s loops with XLA: when requested, on one replica, and not for a
-    network with convolutions on a machine without a GPU. XLA's CPU convolutions measured 6x
-    (C1) to 22x (ResNet-44) slower than TensorFlow's own kernels per training step at batch 1024
-    on 8x8 images (`bench/bench_train.py` prints the ratio); dense networks gain from XLA."""
+    """Whether to compile `model`'s loops with XLA, decided per device type: when requested, on one
+    replica, and not for a network with convolutions on a machine without a GPU. XLA's CPU
+    convolutions measured 6x (C1) to 22x (ResNet-44) slower than TensorFlow's own kernels per
+    training step at batch 1024 on 8x8 images (`bench/bench_train.py` prints the ratio); dense
+    networks gain from XLA. On several replicas the step holds cross-replica collectives (the
+    gradient sum, synchronized BN, ghost BN's ordered update) that lbtf does not compile; a study
+    laid out as one single-replica process per GPU (--shard) keeps XLA."""
     if not requested or replicas != 1:
         return False
     return not (_has_convolutions(model) and not tf.config.list_logical_devices("GPU"))

@@ -25,7 +25,7 @@ from lbtf.bn import BatchNormEstimator, bn_layers, population_pass
 from lbtf.checkpoints import Checkpoints, keep_weights, restore_weights  # noqa: F401
 from lbtf.choices import parse_batch_size, resolve_batch_size  # noqa: F401  (re-exported)
 from lbtf.data import Dataset
-from lbtf.distribute import from_chief, local_copy, place, split_columns, worker
+from lbtf.distribute import from_chief, local_copy, place, shared, split_columns, worker
 from lbtf.objective import EvalSet, make_evaluator, use_xla
 from lbtf.objective import default_loss as per_example_loss
 from lbtf.optim import global_gradients, learning_rate_schedule, make_optimizer
@@ -140,8 +140,11 @@ class Trainer:
         self._loop = tf.function(self._run_steps,
                                  jit_compile=xla and augment.jit_compatible(self._augment))
         self.evaluate = make_evaluator(self.model, xla)
-        self.eval_sets = {"train": EvalSet(data.x_train, data.y_train, config.eval_batch_size),
-                          "test": EvalSet(data.x_test, data.y_test, config.eval_batch_size)}
+        # One evaluation copy of each split for every trainer of the process (see `shared`).
+        self.eval_sets = {split: shared(x, ("eval", config.eval_batch_size),
+                                        lambda x=x, y=y: EvalSet(x, y, config.eval_batch_size))
+                          for split, x, y in (("train", data.x_train, data.y_train),
+                                              ("test", data.x_test, data.y_test))}
         self._population = None
         if config.bn_eval == "recompute":
             with self.strategy.scope():

@@ -14,7 +14,7 @@ import pandas as pd
 from lbtf import data as data_lib
 from lbtf import runs
 from lbtf.checkpoints import checkpoint_at, remove_resume
-from lbtf.distribute import describe
+from lbtf.distribute import describe, memory_statement
 from lbtf.experiments import sharding
 from lbtf.experiments.config import Config
 from lbtf.experiments.rundir import cached, summary_writer
@@ -134,6 +134,12 @@ def train_regimes(cfg: Config, *, data, strategy, batches: dict[str, int], run_d
         log(line)
     trainers = {regime: make_trainer(configs[regime], data, strategy, batch, **fields)
                 for regime, batch in batches.items()}
+    first = next(iter(trainers.values()))
+    log(memory_statement(
+        train_bytes=data.x_train.nbytes + data.y_train.nbytes,
+        eval_bytes=2 * (data.x_train.nbytes + data.x_test.nbytes),
+        parameters=first.model.count_params(),
+        slots={"adam": 2, "sgd": 1 if first.config.momentum else 0}.get(first.config.optimizer, 2)))
     finals, histories = [], []
     for trial in range(cfg.training.trials):
         seed = cfg.training.seed + trial
