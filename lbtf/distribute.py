@@ -132,7 +132,8 @@ def memory_statement(*, train_bytes: int, eval_bytes: int, parameters: int, slot
     optimizer slots (every replica), float32."""
     mb = 2.0**20
     return (f"  memory per device: training set {train_bytes / mb:.0f} MB on each replica, "
-            f"evaluation copies {eval_bytes / mb:.0f} MB on the first, weights and optimizer "
+            f"evaluation copies {eval_bytes / mb:.0f} MB on the first (and its share on each), "
+            f"weights and optimizer "
             f"state {4 * parameters * (1 + slots) / mb:.0f} MB per regime on each; activations "
             "on top")
 

@@ -129,25 +129,61 @@ def use_xla(model, *, requested: bool = True, replicas: int = 1) -> bool:
     return not (_has_convolutions(model) and not tf.config.list_logical_devices("GPU"))
 
 
-def make_evaluator(model: keras.Model, jit_compile: bool,
-                   loss: LossFn | None = None) -> Callable[[EvalSet], tuple[float, float]]:
+def make_evaluator(model: keras.Model, jit_compile: bool, loss: LossFn | None = None, *,
+                   strategy: tf.distribute.Strategy | None = None
+                   ) -> Callable[[EvalSet], tuple[float, float]]:
     """Mean loss (`loss`, default cross-entropy) and accuracy of `model` in inference mode over an
-    EvalSet."""
+    EvalSet; under a strategy of several replicas (the model built in its scope) replica r
+    evaluates batches r, r + R, ... and the sums are all-reduced."""
     loss_fn = loss or default_loss
+    strategy = strategy or tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync > 1:
+        return _spread_evaluator(model, loss_fn, strategy)
 
     @tf.function(jit_compile=use_xla(model, requested=jit_compile))
     def sums(x, y, mask):
-        loss = tf.constant(0.0)
-        correct = tf.constant(0.0)
-        for i in tf.range(tf.shape(x)[0]):
-            probs = model(x[i], training=False)
-            loss += tf.reduce_sum(loss_fn(y[i], probs) * mask[i])
-            hit = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y[i]), tf.float32)
-            correct += tf.reduce_sum(hit * mask[i])
-        return loss, correct
+        return _batch_sums(model, loss_fn, x, y, mask)
 
     def evaluate(split: EvalSet) -> tuple[float, float]:
         parts = [sums(*part) for part in split.parts]
+        return (sum(float(s) for s, _ in parts) / split.n,
+                sum(float(c) for _, c in parts) / split.n)
+
+    return evaluate
+
+
+def _batch_sums(model: keras.Model, loss_fn: LossFn, x, y, mask) -> tuple[tf.Tensor, tf.Tensor]:
+    """Summed loss and correct predictions over a stack of batches [k, b, ...]."""
+    loss, correct = tf.constant(0.0), tf.constant(0.0)
+    for i in tf.range(tf.shape(x)[0]):
+        probs = model(x[i], training=False)
+        loss += tf.reduce_sum(loss_fn(y[i], probs) * mask[i])
+        hit = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y[i]), tf.float32)
+        correct += tf.reduce_sum(hit * mask[i])
+    return loss, correct
+
+
+def _spread_evaluator(model, loss_fn, strategy) -> Callable[[EvalSet], tuple[float, float]]:
+    """make_evaluator on several replicas (no XLA: it is off there, see `use_xla`)."""
+    replicas = strategy.num_replicas_in_sync
+
+    @tf.function
+    def sums(x, y, mask):
+        per = strategy.run(lambda *a: _batch_sums(model, loss_fn, *a), args=(x, y, mask))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in per]
+
+    def spread(split: EvalSet) -> list:
+        """The split's stacks dealt out over the replicas, made once per EvalSet and strategy."""
+        cache = split.__dict__.setdefault("_spread", {})
+        if id(strategy) not in cache:
+            cache[id(strategy)] = (strategy, [tuple(
+                strategy.experimental_distribute_values_from_function(
+                    lambda ctx, t=t: tf.identity(t[ctx.replica_id_in_sync_group::replicas]))
+                for t in part) for part in split.parts])
+        return cache[id(strategy)][1]
+
+    def evaluate(split: EvalSet) -> tuple[float, float]:
+        parts = [sums(*part) for part in spread(split)]
         return (sum(float(s) for s, _ in parts) / split.n,
                 sum(float(c) for _, c in parts) / split.n)
 

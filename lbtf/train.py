@@ -139,7 +139,7 @@ class Trainer:
         # Appendix E's image transforms have no XLA kernel: such training runs as a plain graph.
         self._loop = tf.function(self._run_steps,
                                  jit_compile=xla and augment.jit_compatible(self._augment))
-        self.evaluate = make_evaluator(self.model, xla)
+        self.evaluate = make_evaluator(self.model, xla, strategy=self.strategy)
         # One evaluation copy of each split for every trainer of the process (see `shared`).
         self.eval_sets = {split: shared(x, ("eval", config.eval_batch_size),
                                         lambda x=x, y=y: EvalSet(x, y, config.eval_batch_size))

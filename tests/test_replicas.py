@@ -154,3 +154,26 @@ def test_experiments_on_two_replicas_measure_what_one_device_does(name, data_dir
     assert "BN statistics over the global batch of 200 (all-reduced over 2 replicas)" in proc.stdout \
         or name != "hoffer_F1"
     assert "ghost BN over ghost batches of 50" in proc.stdout or name != "hoffer_F1"
+
+
+def test_evaluation_on_two_replicas_equals_one_device():
+    """Five batches (the last padded) dealt out over 2 replicas: the same mean loss and accuracy
+    as one device, and not half of them (each replica sums its own batches, then all-reduce)."""
+    from lbtf.objective import EvalSet, make_evaluator
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(70, 6)).astype(np.float32), rng.integers(0, 3, 70).astype(np.int32)
+
+    def build():
+        keras.utils.set_random_seed(1)
+        return keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
+
+    split = EvalSet(x, y, 16)
+    alone = make_evaluator(build(), False)(split)
+    mirrored = _mirrored()
+    with mirrored.scope():
+        model = build()
+    spread = make_evaluator(model, False, strategy=mirrored)(split)
+    assert spread == pytest.approx(alone, rel=1e-6)
+    probs = build()(x).numpy()  # by hand
+    assert alone[1] == pytest.approx(np.mean(probs.argmax(1) == y))
