@@ -38,9 +38,10 @@ class Checkpoints:
     """A run's checkpoints, of `trackables` (a Trainer's, with its "model").
     weights-<epoch>: the model only, the iterates measurement code loads; written and deleted one
     by one (`save_weights`, `delete_weights`).
-    resume/ckpt-<epoch>: the model, Adam's state, RNG states and the RunState; only the latest is
-    kept. Resuming reads `directory`; saves go to `save_dir` (default: the same). In a
-    multi-worker job every worker resumes from the chief's folder and only the chief saves there.
+    resume/ckpt-<epoch>: the model, Adam's state, RNG states and the RunState; the latest two are
+    kept, so that a latest one damaged by a crash or a failing disk leaves the one before. Resuming
+    reads `directory`; saves go to `save_dir` (default: the same). In a multi-worker job every
+    worker resumes from the chief's folder and only the chief saves there.
     """
 
     def __init__(self, trackables: dict, directory: str | Path, *,
@@ -51,19 +52,27 @@ class Checkpoints:
         self._full = tf.train.Checkpoint(**trackables, state=self.state)
         self._model = tf.train.Checkpoint(model=trackables["model"])
         self._resume = tf.train.CheckpointManager(self._full, str(self.save_dir / "resume"),
-                                                  max_to_keep=1, checkpoint_name="ckpt")
+                                                  max_to_keep=2, checkpoint_name="ckpt")
 
-    def restore(self) -> tuple[str, dict] | None:
-        """(checkpoint, run state) of the latest resume checkpoint, restored; None if none."""
-        latest = tf.train.latest_checkpoint(str(self.directory / "resume"))
-        if latest is None:
-            return None
-        try:
-            self._full.restore(latest).assert_consumed()
-        except (tf.errors.OpError, ValueError, AssertionError) as e:
-            raise UsageError(f"cannot resume from {latest} ({str(e).splitlines()[0][:120]}); "
-                             f"delete {self.directory} to start that run afresh") from None
-        return latest, self.state.value
+    def restore(self, log=print) -> tuple[str, dict] | None:
+        """(checkpoint, run state) of the newest resume checkpoint that restores, newest first;
+        None if there is none. Each one that does not restore (truncated, unreadable) is named
+        in one log line and deleted. After a failed attempt some variables may hold its values:
+        the caller starts afresh from its own start when None comes back after a failure
+        (`discarded` lists what was thrown away)."""
+        self.discarded: list[str] = []
+        for path in _resume_checkpoints(self.directory / "resume"):
+            try:
+                self._full.restore(path).assert_consumed()
+                return path, self.state.value
+            except (tf.errors.OpError, ValueError, AssertionError, TypeError, IndexError,
+                    OSError) as e:  # truncated files: IndexError from the reader
+                log(f"  resume checkpoint {path} is damaged ({str(e).splitlines()[0][:100]}); "
+                    "discarded")
+                self.discarded.append(path)
+                for f in Path(path).parent.glob(f"{Path(path).name}.*"):
+                    f.unlink(missing_ok=True)
+        return None
 
     def save_weights(self, epoch: int) -> None:
         _guarded(lambda: self._model.write(str(self.save_dir / f"weights-{epoch}")), self.save_dir)
@@ -91,6 +100,14 @@ def _guarded(write, directory) -> None:
         first = (getattr(e, "message", None) or str(e)).strip().splitlines()[0][:160]
         raise UsageError(f"cannot write a checkpoint in {directory} ({first}); "
                          f"{WRITE_FAILED_HINT}") from None
+
+
+def _resume_checkpoints(folder: Path) -> list[str]:
+    """The resume checkpoints in `folder`, newest first, by their files (not the `checkpoint`
+    index file, which a crash can leave naming a checkpoint that is gone or damaged)."""
+    found = (re.fullmatch(r"ckpt-(\d+)\.index", f.name) for f in folder.glob("ckpt-*.index"))
+    return [str(folder / f"ckpt-{n}") for n in sorted((int(m.group(1)) for m in found if m),
+                                                      reverse=True)]
 
 
 def _weight_epochs(folder: Path) -> list[int]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import math
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,78 @@ def jsonable(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     return o
+
+
+# Open lock files of the run folders this process writes: a lock lives as long as its file stays
+# open, and the kernel drops it when the process dies, however it dies.
+_LOCKS: list = []
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def _try_lock(path: Path, mode: int):
+    """The open file of `path` locked with flock `mode`, or None if another process holds it."""
+    f = open(path, "a+")  # noqa: SIM115  (kept open: the lock lives with the file)
+    try:
+        fcntl.flock(f, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def lock_run_folder(run_dir: Path, shard: tuple[int, int] | None = None) -> None:
+    """One writer per run folder: the whole folder (exclusive), or a shard of it (shared with the
+    other shards, exclusive for this shard). Another live process holding what we need gets a
+    one-line UsageError naming it; a dead one's lock is gone with it (flock), so it is taken
+    over. Idempotent within a process."""
+    me = f"process {os.getpid()} on {socket.gethostname()}"
+    main = run_dir / ".lock"
+    if any(getattr(f, "name", None) == str(main) for f in _LOCKS):
+        return
+    mode = fcntl.LOCK_SH if shard else fcntl.LOCK_EX
+    held = _try_lock(main, mode)
+    if held is None:
+        shards = [_holder(p) for p in sorted(run_dir.glob(".lock.shard*")) if _busy(p)]
+        others = "; ".join(shards) if shards else _holder(main)
+        raise UsageError(f"run folder {run_dir} is being written by {others}; wait for it to "
+                         "finish or choose another --run_name")
+    files = [held]
+    if shard:
+        mine = run_dir / f".lock.shard{shard[0]}of{shard[1]}"
+        own = _try_lock(mine, fcntl.LOCK_EX)
+        if own is None:
+            held.close()
+            raise UsageError(f"shard {shard[0]}/{shard[1]} of {run_dir} is being run by "
+                             f"{_holder(mine)}; wait for it to finish or run another shard")
+        files.append(own)
+    files[-1].seek(0)
+    files[-1].truncate(0)
+    files[-1].write(me + "\n")
+    files[-1].flush()
+    _LOCKS.extend(files)
+
+
+def _busy(path: Path) -> bool:
+    """Whether some live process holds a lock on `path`."""
+    f = _try_lock(path, fcntl.LOCK_EX)
+    if f is None:
+        return True
+    f.close()
+    return False
+
+
+def remove_stray_temporaries(run_dir: Path, log=print) -> None:
+    """Deletes the temporary files of atomic writes that a killed process left (only while this
+    process holds the whole folder: a live writer's temporary file is never touched)."""
+    for f in run_dir.rglob(".*.tmp"):
+        f.unlink(missing_ok=True)
+        log(f"  {f.relative_to(run_dir)}: left half-written by a killed process; deleted")
 
 
 def check_writable(directory: str | Path) -> Path:

@@ -134,6 +134,8 @@ class Trainer:
         self._bn_stats = [v for lay in bn_layers(self.model)
                           for v in (lay.moving_mean, lay.moving_variance)]
         self._fresh_optimizer = [v.numpy() for v in self.optimizer.variables]
+        self._fresh_augment = [v.numpy() for v in self._augment_variables()]
+        self.stream = 0
         self._x = place(self.strategy, data.x_train)
         self._y = place(self.strategy, data.y_train)
         # Appendix E's image transforms have no XLA kernel: such training runs as a plain graph.
@@ -200,14 +202,22 @@ class Trainer:
         self._steps_done = steps_done
         self.diffusion = [tuple(d) for d in diffusion]
 
-    def reset(self, variables: Sequence[np.ndarray]) -> None:
+    def reset(self, variables: Sequence[np.ndarray], *, stream: int = 0) -> None:
         """Restarts from the given model variables (weights, BN statistics, dropout RNG state, in
-        `model.variables` order) with a fresh Adam state, reusing the compiled loop."""
+        `model.variables` order) with a fresh Adam state, reusing the compiled loop. The
+        augmentation seeds restart too, on their `stream`-th sequence (a trial's own, whatever
+        ran before it in this process)."""
         for v, value in zip(self.model.variables, variables, strict=True):
             v.assign(value)
         for v, value in zip(self.optimizer.variables, self._fresh_optimizer, strict=True):
             v.assign(value)
+        for v, value in zip(self._augment_variables(), self._fresh_augment, strict=True):
+            v.assign(value + np.array([stream, 0], value.dtype))
+        self.stream = stream
         self._start_diffusion()
+
+    def _augment_variables(self) -> list:
+        return list(self._augment.variables) if self._augment is not None else []
 
     def _loss(self, xb, yb, training: bool = True) -> tf.Tensor:
         # Divide this replica's summed loss by the GLOBAL batch: the optimizer sums gradients over
@@ -372,7 +382,12 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
     ckpts = (Checkpoints(trainer.trackables(), checkpoint_dir, save_dir=save_dir)
              if checkpoint_dir else None)
     history, reason, elapsed, resumed = [], None, 0.0, 0
-    restored = ckpts.restore() if ckpts else None
+    start_variables = [v.numpy() for v in trainer.model.variables] if ckpts else None
+    restored = ckpts.restore(log=log) if ckpts else None
+    if ckpts and restored is None and ckpts.discarded:
+        # A damaged checkpoint may have set some variables: back to this run's start.
+        trainer.reset(start_variables, stream=trainer.stream)
+        log(f"{label} no resume checkpoint restored; the run starts afresh")
     if restored:
         path, state = restored
         history, reason, elapsed = state["history"], state["stop_reason"], state["seconds"]

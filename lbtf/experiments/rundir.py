@@ -19,6 +19,7 @@ import lbtf
 from lbtf import lbfgsb, runs
 from lbtf.distribute import is_chief, worker
 from lbtf.errors import UsageError
+from lbtf.experiments import sharding
 from lbtf.experiments.config import Config
 from lbtf.experiments.flags import RENAMED
 
@@ -48,6 +49,11 @@ def start_run(cfg: Config, experiment: str, strategy: tf.distribute.Strategy | N
             scratch = tempfile.mkdtemp(prefix=f"lbtf-worker{worker(strategy)[0]}-")
             atexit.register(shutil.rmtree, scratch, ignore_errors=True)
             runs.redirect_writes(run_dir, scratch)
+        if strategy is None or is_chief(strategy):
+            runs.write_path(run_dir).mkdir(parents=True, exist_ok=True)
+            runs.lock_run_folder(run_dir, sharding.parse(cfg.run.shard))
+            if not cfg.run.shard:
+                runs.remove_stray_temporaries(run_dir)
         saved = run_dir / "flags.txt"
         if saved.is_file():
             changed = _differing(saved.read_text(), text)
@@ -71,11 +77,17 @@ def cached(path: Path, compute: Callable[[], dict], log=print, *, method: dict |
     """
     name = path.relative_to(path.parents[1])
     if path.is_file():
-        record = json.loads(path.read_text())
-        if method is None or record.get("method") == method:
+        try:
+            record = json.loads(path.read_text())
+        except (ValueError, OSError) as e:  # truncated or unreadable (a crash, a failing disk)
+            record = None
+            log(f"  {name}: damaged ({str(e)[:80]}); done again")
+        if record is not None and (method is None or record.get("method") == method):
             log(f"  {name}: finished earlier, skipped")
             return record
-        log(f"  {name}: made by another method ({record.get('method')}, now {method}); done again")
+        if record is not None:
+            log(f"  {name}: made by another method ({record.get('method')}, now {method}); "
+                "done again")
     record = runs.jsonable(compute() if method is None else {**compute(), "method": method})
     runs.atomic_write_json(path, record)
     return record

@@ -74,8 +74,10 @@ def make_trainer(cfg: Config, data, strategy, batch: int, **fields) -> Trainer:
 
 
 def train_from(trainer: Trainer, start: list, **kwargs) -> dict:
-    """`train_once` after resetting the trainer to the model variables `start`."""
-    trainer.reset(start)
+    """`train_once` after resetting the trainer to the model variables `start`; the augmentation
+    takes the trial's own stream (seed - --seed), so a trial trains alike whether or not the
+    trials before it ran in this process."""
+    trainer.reset(start, stream=kwargs["seed"] - trainer.config.seed)
     return train_once(trainer, **kwargs)
 
 
