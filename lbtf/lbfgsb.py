@@ -27,17 +27,32 @@ FAST, PUBLIC = "setulb (vectorised bounds)", "scipy.optimize.minimize"
 # idle spins for a while after each call, taking a core from the loss+gradient pass that follows
 # (F1 on 4000 examples: passes inside a sharpness run took 1.17x bare ones, 1.01x on one thread).
 SETULB_BLAS_THREADS = 1
+# The scipy minor versions whose `_lbfgsb.setulb` the identity test (tests/test_lbfgsb.py) has
+# passed on (1.15.3, 1.16.3, 1.17.1); another version runs the public path until it is checked.
+TESTED_SCIPY = ((1, 15), (1, 16), (1, 17))
+
+
+def _scipy_minor(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
 
 
 @functools.cache
 def fast_path_available() -> bool:
     """True when scipy's private L-BFGS-B routine runs with the signature the driver expects
-    (scipy >= 1.15). Probed once per process on min (x - 1)^2 over [0, 3]; the first call that
-    finds it missing prints one warning line."""
+    (scipy >= 1.15) and this scipy's minor version is one the identity test has passed on
+    (TESTED_SCIPY): a private routine may change its signature without raising. Probed once per
+    process on min (x - 1)^2 over [0, 3]; the first call that refuses it prints one warning line."""
+    if _scipy_minor(scipy.__version__) not in TESTED_SCIPY:
+        print(f"lbtf: warning: scipy {scipy.__version__} is not one of the versions lbtf's L-BFGS-B "
+              f"driver was tested on ({', '.join(f'{a}.{b}' for a, b in TESTED_SCIPY)}); using "
+              f"{PUBLIC}, which converts box bounds in Python (slow for millions of weights)",
+              file=sys.stderr)
+        return False
     try:
         res = _driver(lambda x: (float((x[0] - 1) ** 2), 2 * (x - 1)), np.zeros(1), np.zeros(1),
                       np.full(1, 3.0), maxiter=20, m=10, maxfun=100)
-        ok = abs(res.x[0] - 1) < 1e-4
+        ok = bool(abs(res.x[0] - 1) < 1e-4)
     except (ImportError, AttributeError, TypeError, ValueError):
         ok = False
     if not ok:

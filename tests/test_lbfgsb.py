@@ -94,3 +94,19 @@ def test_setulb_runs_its_blas_on_one_thread_and_the_objective_keeps_its_threads(
         assert blas_threads() == {2}  # restored after the run
     assert res.driver == FAST and in_setulb and all(t == {1} for t in in_setulb)
     assert in_fun and all(t == {2} for t in in_fun)
+
+
+@pytest.mark.parametrize("version,fast", [("1.17.1", True), ("1.15.0rc1", True),
+                                          ("1.18.0", False), ("1.14.1", False), ("2.0.0", False)])
+def test_the_fast_path_runs_only_on_tested_scipy_versions(monkeypatch, capsys, version, fast):
+    import scipy
+
+    import lbtf.lbfgsb as lb
+
+    monkeypatch.setattr(scipy, "__version__", version)
+    lb.fast_path_available.cache_clear()
+    try:
+        assert lb.fast_path_available() is fast
+    finally:
+        lb.fast_path_available.cache_clear()
+    assert ("not one of the versions" in capsys.readouterr().err) is not fast
