@@ -93,3 +93,15 @@ def test_flags_and_config_load_without_tensorflow():
             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_milestones_no_run_reaches_are_named_in_a_warning():
+    from lbtf.experiments.prepare import milestone_warning
+
+    cfg = parse(["--flagfile=flags/hoffer_resnet44.flags"])
+    assert milestone_warning(cfg) == (
+        "warning: --lr_milestones 122, 164 lie at or beyond --max_epochs=100: the learning rate "
+        "never changes there (drop them, or raise --max_epochs to reach them)")
+    assert milestone_warning(parse(["--flagfile=flags/hoffer_F1.flags"])) is None
+    assert "--lr_milestones 100 " in milestone_warning(parse(["--lr_milestones=100",
+                                                              "--max_epochs=100"]))
