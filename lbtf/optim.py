@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
+from keras import ops
 
 from lbtf.choices import OPTIMIZERS
 
@@ -14,8 +15,12 @@ from lbtf.choices import OPTIMIZERS
 def learning_rate_schedule(learning_rate: float, *, milestones: Sequence[int],
                            values: Sequence[float] = (), decay: float = 0.1,
                            steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
-    """The constant `learning_rate`, or a step schedule over optimizer iterations: from epoch
-    milestones[i] on, values[i] (when given, one per milestone) or learning_rate * decay^(i+1)."""
+    """The constant `learning_rate`, or a step schedule over optimizer iterations: after
+    milestones[i] epochs, from the first step of the next epoch on, values[i] (when given, one per
+    milestone) or learning_rate * decay^(i+1), as PyTorch's MultiStepLR stepped once an epoch
+    (Hoffer et al.'s code) does. Keras evaluates a schedule at the count of steps already taken
+    and PiecewiseConstantDecay keeps its old value at a boundary step: boundaries one step early
+    put the change on the epoch's first step, not its second."""
     if not milestones:
         return learning_rate
     if values and len(values) != len(milestones):
@@ -23,15 +28,33 @@ def learning_rate_schedule(learning_rate: float, *, milestones: Sequence[int],
                          "one per milestone")
     after = list(values) or [learning_rate * decay ** (i + 1) for i in range(len(milestones))]
     return keras.optimizers.schedules.PiecewiseConstantDecay(
-        [m * steps_per_epoch for m in milestones], [learning_rate, *after])
+        [m * steps_per_epoch - 1 for m in milestones], [learning_rate, *after])
+
+
+class TorchSGD(keras.optimizers.SGD):
+    """SGD with momentum as torch.optim.SGD (Hoffer et al.'s runs): the buffer holds gradients,
+    b <- mu b + g, w <- w - lr b. Keras' SGD keeps the velocity in learning-rate units
+    (v <- mu v - lr g, w <- w + v): the two agree at a constant learning rate, but after a
+    milestone Keras' velocity still carries the old rate for about 1 / (1 - mu) steps."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        learning_rate = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        if self.momentum == 0:
+            self.assign_sub(variable, ops.multiply(gradient, learning_rate))
+            return
+        buffer = self.momentums[self._get_variable_index(variable)]
+        self.assign(buffer, ops.add(ops.multiply(buffer, ops.cast(self.momentum, variable.dtype)),
+                                    gradient))
+        self.assign_sub(variable, ops.multiply(buffer, learning_rate))
 
 
 def make_optimizer(name: str, learning_rate, *, momentum: float = 0.0) -> keras.optimizers.Optimizer:
-    """Keras' Adam (its defaults) or SGD with (heavy-ball, PyTorch-style) momentum."""
+    """Keras' Adam (its defaults) or SGD with PyTorch's heavy-ball momentum (`TorchSGD`)."""
     if name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=momentum)
+        return TorchSGD(learning_rate, momentum=momentum)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 

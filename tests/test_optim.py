@@ -39,15 +39,39 @@ def test_two_sgd_steps_with_momentum_and_weight_decay_match_numpy():
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
 
 
+def test_sgd_steps_across_a_milestone_follow_pytorch():
+    """Four full-batch epochs, momentum 0.9, lr 0.1 then 0.01 after epoch 2, by hand in PyTorch's
+    convention (MultiStepLR stepped each epoch, torch.optim.SGD): b <- mu b + g + wd w, w <- w -
+    lr_t b. Keras' SGD (velocity in lr units) and its one-step-late boundary both miss it: the
+    first step after the milestone moves by mu (lr_0 - lr_1) b more in Keras' convention."""
+    lr0, lr1, mu, wd = 0.1, 0.01, 0.9, 0.01
+    config = TrainConfig(batch_size=DATA.num_train, optimizer="sgd", momentum=mu, weight_decay=wd,
+                         learning_rate=lr0, lr_milestones=(2,), lr_values=(lr1,),
+                         jit_compile=False, bn_eval="moving")
+    trainer = Trainer(lambda: mlp(3), DATA, config)
+    ref = mlp(3)
+    w = values(ref)
+    buffers = [np.zeros_like(v) for v in w]
+    for epoch in range(4):
+        trainer.train_epoch(np.random.default_rng(epoch))
+        lr = lr0 if epoch < 2 else lr1
+        grads = _full_gradient(ref)
+        buffers = [mu * b + g + wd * v for b, g, v in zip(buffers, grads, w, strict=True)]
+        w = [v - lr * b for v, b in zip(w, buffers, strict=True)]
+        ref.set_weights(w)
+        for got, want in zip(values(trainer.model), w, strict=True):
+            np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6, err_msg=f"epoch {epoch}")
+
+
 def test_step_schedule_changes_at_its_milestones():
     sched = learning_rate_schedule(0.1, milestones=(2, 5), values=(0.02, 0.004),
                                    steps_per_epoch=10)
     lr = lambda step: float(sched(step))  # noqa: E731
-    # PiecewiseConstantDecay: the value changes after the boundary step.
-    assert [lr(0), lr(20), lr(21), lr(50), lr(51)] == pytest.approx(
+    # Evaluated at the steps already taken: step 20 is the first of epoch 3, after 2 epochs.
+    assert [lr(0), lr(19), lr(20), lr(49), lr(50)] == pytest.approx(
         [0.1, 0.1, 0.02, 0.02, 0.004])
     decayed = learning_rate_schedule(1.0, milestones=(1,), decay=0.5, steps_per_epoch=4)
-    assert float(decayed(5)) == 0.5
+    assert float(decayed(3)) == 1.0 and float(decayed(4)) == 0.5
     assert learning_rate_schedule(0.3, milestones=(), steps_per_epoch=4) == 0.3
     with pytest.raises(ValueError, match="one per milestone"):
         learning_rate_schedule(0.1, milestones=(2, 5), values=(0.02,), steps_per_epoch=10)
@@ -58,8 +82,8 @@ def test_conservative_training_counts_milestones_in_batches_not_iterations():
                          remedies=Remedies(conservative_lambda=1e-3, conservative_steps=3),
                          bn_eval="moving", jit_compile=False)
     schedule = Trainer(lambda: mlp(0), DATA, config)._learning_rate()
-    # 256 / 64 = 4 batches an epoch, 3 optimizer iterations each: epoch 1 ends at iteration 12.
-    assert float(schedule(12)) == 1.0 and float(schedule(13)) == pytest.approx(0.1)
+    # 256 / 64 = 4 batches an epoch, 3 optimizer iterations each: epoch 1 is iterations 0-11.
+    assert float(schedule(11)) == 1.0 and float(schedule(12)) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
