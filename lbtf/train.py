@@ -293,6 +293,25 @@ class Trainer:
                 self.diffusion.append((self._steps_done, self.distance_from_start()))
         return total / max(len(idx), 1), len(idx)
 
+    def last_learning_rate(self) -> float:
+        """The learning rate of the last optimizer step taken (the schedule's, if any)."""
+        lr = self.optimizer._learning_rate  # the schedule itself, not its current value
+        if callable(lr):
+            return float(lr(max(int(self.optimizer.iterations.numpy()) - 1, 0)))
+        return float(self.optimizer.learning_rate.numpy())
+
+    @property
+    def bn_description(self) -> str:
+        """The normalisation the model trains with, from its layers: e.g. 'BatchNormalization',
+        'BatchNormalization(synchronized)', 'GhostBatchNormalization(50)', or 'none'."""
+        kinds = set()
+        for lay in bn_layers(self.model):
+            ghost = getattr(lay, "virtual_batch_size", "absent")
+            kinds.add(type(lay).__name__ + (f"({ghost if ghost is not None else 'per replica'})"
+                                             if ghost != "absent" else
+                                             "(synchronized)" if lay.synchronized else ""))
+        return ", ".join(sorted(kinds)) or "none"
+
     def distance_from_start(self) -> float:
         """||w - w_0|| over the trainable weights, w_0 those at the last reset."""
         return float(np.sqrt(sum(np.sum((v.numpy().astype(np.float64) - w0.numpy()) ** 2)
@@ -348,7 +367,8 @@ def _epochs(trainer: Trainer, rng: np.random.Generator, done: int) -> dict:
     measured = {"minibatch_loss": batch_loss, **trainer.measure()}
     # Every worker takes the chief's numbers, so all decide alike when to stop and what to keep.
     measured = dict(zip(measured, from_chief(trainer.strategy, list(measured.values())), strict=True))
-    return {"epoch": epoch, "steps": steps, **measured, "seconds": time.perf_counter() - t0}
+    return {"epoch": epoch, "steps": steps, **measured, "learning_rate": trainer.last_learning_rate(),
+            "seconds": time.perf_counter() - t0}
 
 
 def _stop_reason(history: list[dict], cfg: TrainConfig) -> str | None:

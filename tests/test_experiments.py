@@ -187,3 +187,16 @@ def test_hoffer_table_end_to_end(data_dir, tmp_path):
     report = (tmp_path / "h" / "report.md").read_text()
     assert "98.27" in report and (tmp_path / "h" / "diffusion.png").is_file()
     assert all(len(d) > 0 for d in runs.diffusion)
+    # What trained, read off the trained runs: +GBN and +RA normalised ghost batches of 50, the
+    # others the whole batch; +RA made 200 / 50 = 4 times LB's updates; every schedule's
+    # milestone fired (epoch 1 of 2, or 4 of 8 for +RA), at the rate the column scales.
+    assert runs.bn_layers.to_dict() == {"SB": "BatchNormalization", "LB": "BatchNormalization",
+                                        "+LR": "BatchNormalization",
+                                        "+GBN": "GhostBatchNormalization(50)",
+                                        "+RA": "GhostBatchNormalization(50)"}
+    first = history[history.trial == 0].groupby("regime")
+    steps = first.steps.sum()
+    assert steps["+RA"] == 4 * steps["LB"] and steps["LB"] == 2 * (400 // 200)
+    rates = first.learning_rate.apply(list)
+    assert rates["SB"] == pytest.approx([0.05, 0.005]) and rates["LB"] == rates["SB"]
+    assert rates["+LR"] == pytest.approx([0.1, 0.01]) and rates["+RA"] == pytest.approx([0.1, 0.01])

@@ -97,7 +97,8 @@ def train_once(trainer: Trainer, *, name: str, run_dir: Path, seed: int, hparams
     return {"epochs": result.history[-1]["epoch"], "stop_reason": result.stop_reason, **final,
             "seconds": result.seconds, "checkpoint_dir": result.checkpoint_dir,
             "learning_rate": trainer.config.learning_rate, "xla": trainer.xla,
-            "bn_eval_source": trainer.bn_eval_source, "history": result.history,
+            "bn_eval_source": trainer.bn_eval_source, "bn_layers": trainer.bn_description,
+            "history": result.history,
             "diffusion": result.diffusion}
 
 
