@@ -20,6 +20,21 @@ def test_keskar_augmentation_changes_images_only_in_training():
     assert not augment.jit_compatible(aug)
 
 
+def test_keskar_reflections_are_exact_mirror_images_of_about_half_the_images():
+    """Appendix E's pipeline with its rotation and translation set to zero: each image comes out
+    as itself or its exact left-right mirror, about half of them mirrored; the zero rotation and
+    translation leave every pixel in place."""
+    import keras
+
+    x = RNG.uniform(0.1, 1, size=(64, 6, 6, 1)).astype(np.float32)
+    steps = augment.keskar_augmentation(rotation_degrees=0.0, translation=0.0, seed=3)
+    out = np.asarray(keras.Sequential(steps)(x, training=True))
+    mirrored = [bool(np.array_equal(o, xi[:, ::-1])) for o, xi in zip(out, x, strict=True)]
+    same = [bool(np.allclose(o, xi, atol=1e-6)) for o, xi in zip(out, x, strict=True)]
+    assert all(a != b for a, b in zip(mirrored, same, strict=True))  # one or the other, each
+    assert 16 < sum(mirrored) < 48
+
+
 def _as_crop_of_padded(out: np.ndarray, x: np.ndarray, pad: int) -> tuple[int, int, bool] | None:
     """(dy, dx, flipped) such that `out` is the window at (dy, dx) of x zero-padded by `pad`,
     flipped left-right or not; None when no window matches."""
