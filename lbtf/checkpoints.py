@@ -148,7 +148,8 @@ def checkpoint_at(checkpoint_dir: str | Path, epoch: int | None = None) -> str |
     if epoch is None:
         kept = kept_weights(checkpoint_dir)
         return kept[max(kept)] if kept else None
-    return str(read_path(checkpoint_dir) / f"weights-{epoch}")
+    # File by file: a worker's scratch copy of the folder may lack what only the chief wrote.
+    return str(read_path(Path(checkpoint_dir) / f"weights-{epoch}"))
 
 
 def keep_weights(ckpts: Checkpoints, *, epoch: int, best: int, reason: str | None, every: int,

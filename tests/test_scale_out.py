@@ -178,3 +178,39 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_results(data_dir, tmp_pat
                                   pd.DataFrame(whole["runs"]).drop(columns=drop))
     pd.testing.assert_frame_equal(pd.read_csv(run / "history.csv").drop(columns="seconds"),
                                   pd.read_csv(tmp_path / "whole/history.csv").drop(columns="seconds"))
+
+
+def _table2_results(run: Path) -> tuple:
+    r = json.loads((run / "results.json").read_text())
+    runs = [(x["regime"], x["epochs"], x["train_loss"], x["test_acc"]) for x in r["runs"]]
+    measured = sorted((m["regime"], m["bn"], m["epsilon"], m["value"]) for m in r["measurements"])
+    return runs, measured, r["parametric"], r["distances"]
+
+
+def test_either_worker_killed_in_any_phase_the_restarted_job_ends_as_uninterrupted(data_dir,
+                                                                                  tmp_path):
+    """A two-worker table2 job, SIGKILLed (one worker, then the scheduler ends the other) while
+    it trains, while it measures sharpness and while it draws the parametric plot, then started
+    again: results.json equal to the uninterrupted job's, value for value (--deterministic)."""
+    args = ["--experiment=table2", "--network=F1", "--mnist1d_samples=500", "--trials=1",
+            "--max_epochs=4", "--patience=20", "--epsilons=1e-3,5e-4", "--subspace_dim=0",
+            "--sharpness_maxiter=3", "--parametric_points=9", "--nojit_compile",
+            "--deterministic", "--resume_interval=0", f"--data_dir={data_dir}",
+            f"--output_dir={tmp_path}"]
+    logs = tmp_path / "logs"
+    finish(start_workers([*args, "--run_name=whole"], logs), logs)
+    reference = _table2_results(tmp_path / "whole")
+    phases = {  # (worker killed first, when)
+        "training": (1, lambda run: resume_epoch(run, "trial0_SB") >= 1),
+        "measuring": (0, lambda run: any((run / "measurements").glob("*.json"))),
+        "parametric": (1, lambda run: (run / "figure2_training_curves.png").is_file()),
+    }
+    for phase, (victim, ready) in phases.items():
+        run = tmp_path / phase
+        procs = start_workers([*args, f"--run_name={phase}"], logs)
+        kill_when(procs[victim], lambda run=run, ready=ready: ready(run))
+        procs[1 - victim].send_signal(signal.SIGKILL)  # the scheduler ends the job
+        procs[1 - victim].wait()
+        assert not (run / "results.json").exists(), phase
+        finish(start_workers([*args, f"--run_name={phase}"], logs), logs)
+        assert _table2_results(run) == reference, phase
