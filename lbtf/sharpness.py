@@ -62,6 +62,7 @@ class SharpnessResult:
     starts: int = 1           # L-BFGS-B runs: from y = 0 and from starts - 1 random points
     best_start: int = 0       # the run that found f_max (0: the one from y = 0)
     stopped_at_start: bool = False  # the run from y = 0 made no iteration (phi = 0 is no result)
+    eta: float = 1.0          # the box's |x_i| + eta (1: Keskar's; 0: adaptive)
 
 
 def sharpness_value(f_x: float, f_max: float) -> float:
@@ -69,9 +70,11 @@ def sharpness_value(f_x: float, f_max: float) -> float:
     return (f_max - f_x) / (1.0 + f_x) * 100.0
 
 
-def box_halfwidths(center: np.ndarray, epsilon: float) -> np.ndarray:
-    """eps (|c_i| + 1): the half-widths of C_eps around c = A+ x (c = x in full space)."""
-    return epsilon * (np.abs(center) + 1.0)
+def box_halfwidths(center: np.ndarray, epsilon: float, eta: float = 1.0) -> np.ndarray:
+    """eps (|c_i| + eta): the half-widths of C_eps around c = A+ x (c = x in full space). eta = 1
+    is Keskar's box; eta = 0 the adaptive one (lbtf.measures), which moves with every weight's
+    scale and so is invariant to rescaling the weights that feed a BN layer."""
+    return epsilon * (np.abs(center) + eta)
 
 
 def draw_block(seed: int, j: int, rows: int, p: int, out: np.ndarray | None = None) -> np.ndarray:
@@ -248,7 +251,7 @@ def keskar_sharpness(model: keras.Model, x, y, *, epsilon: float, subspace_dim: 
                      subspace: np.ndarray | None = None, maxiter: int = 10, seed: int = 0,
                      loss: LossFn | None = None, batch_size: int | None = None,
                      num_examples: int | None = None, memory_budget_mb: float = 1024,
-                     jit_compile: bool = True, starts: int = 1,
+                     jit_compile: bool = True, starts: int = 1, eta: float = 1.0,
                      strategy: tf.distribute.Strategy | None = None) -> SharpnessResult:
     """Metric 2.1 of `model` at its current weights over (x, y), the training data.
 
@@ -273,13 +276,14 @@ def keskar_sharpness(model: keras.Model, x, y, *, epsilon: float, subspace_dim: 
             p = subspace.shape[1] if subspace is not None else subspace_dim
             a = Subspace(len(minimizer), p, seed=seed, matrix=subspace, memory_budget_mb=memory_budget_mb)
         result = sharpness_at(objective, minimizer, epsilon=epsilon, subspace=a, maxiter=maxiter,
-                              starts=starts, seed=seed)
+                              starts=starts, seed=seed, eta=eta)
     return dataclasses.replace(result, seconds=time.perf_counter() - start)
 
 
 def sharpness_at(objective: Objective, minimizer: np.ndarray, *, epsilon: float,
                  subspace: Subspace | None = None, center: np.ndarray | None = None,
-                 maxiter: int = 10, starts: int = 1, seed: int = 0) -> SharpnessResult:
+                 maxiter: int = 10, starts: int = 1, seed: int = 0,
+                 eta: float = 1.0) -> SharpnessResult:
     """Metric 2.1 at the flat weights `minimizer` for a prepared objective and subspace (None: full space).
 
     `center` may pass a precomputed A+ minimizer, to share it between several epsilons. `nit` and `nfev`
@@ -288,7 +292,8 @@ def sharpness_at(objective: Objective, minimizer: np.ndarray, *, epsilon: float,
     start = time.perf_counter()
     if center is None:
         center = minimizer if subspace is None else subspace.pinv_apply(minimizer)
-    results, f_x, f_max, best = maximize_in_box(objective, minimizer, box_halfwidths(center, epsilon),
+    results, f_x, f_max, best = maximize_in_box(objective, minimizer,
+                                                box_halfwidths(center, epsilon, eta),
                                                 subspace, maxiter, starts=starts, seed=seed)
     return SharpnessResult(
         value=sharpness_value(f_x, f_max), f_x=f_x, f_max=f_max, epsilon=epsilon,
@@ -297,4 +302,4 @@ def sharpness_at(objective: Objective, minimizer: np.ndarray, *, epsilon: float,
         message=str(results[best].message), success=bool(results[best].success),
         num_examples=objective.n, streamed=bool(subspace is not None and subspace.streamed),
         seconds=time.perf_counter() - start, driver=results[0].driver, starts=starts,
-        best_start=best, stopped_at_start=int(results[0].nit) == 0)
+        best_start=best, stopped_at_start=int(results[0].nit) == 0, eta=eta)
