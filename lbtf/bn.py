@@ -245,3 +245,29 @@ def population_pass(model: keras.Model, x, y, *, loss,
         return PopulationPass(model, x, y, loss=loss, jit_compile=jit_compile)
     except (ValueError, AttributeError, TypeError):  # e.g. nested or multi-output layers
         return None
+
+
+def rescale_into_bn(model: keras.Model, a: float) -> list[str]:
+    """Multiplies the kernel and bias of every layer whose output feeds a BN layer by `a` > 0 and
+    that BN layer's moving mean by a and moving variance by a^2; returns the rescaled layers.
+
+    Under batch statistics BN the network's function is unchanged (up to BN's epsilon, which the
+    variance now meets a^2 times larger or smaller): the symmetry that makes sharpness measured in
+    a fixed box partly a measure of weight norms (Dinh et al. 2017). Under moving statistics the
+    scaled statistics keep it too, up to the same epsilon. For lbtf's networks, where every such
+    layer feeds its BN layer alone."""
+    if a <= 0:
+        raise ValueError(f"the rescaling factor must be positive, not {a}")
+    done = []
+    for bn in bn_layers(model):
+        producer = bn.input._keras_history.operation
+        if not hasattr(producer, "kernel"):
+            continue
+        for w in (producer.kernel, getattr(producer, "bias", None)):
+            if w is not None:
+                w.assign(w * a)
+        bn.moving_mean.assign(bn.moving_mean * a)
+        bn.moving_variance.assign(bn.moving_variance * a**2)
+        done.append(producer.name)
+    return done
+

@@ -166,3 +166,32 @@ def test_chunked_estimate_of_the_whole_set_equals_the_population_pass_with_dropo
     got = [v.numpy() for v in model.non_trainable_variables if "moving" in v.path]
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_rescaling_into_bn_keeps_the_function_and_adaptive_sharpness_but_not_keskars():
+    """x4 on the weights feeding BN (its statistics scaled to match): the batch-statistics outputs
+    move by BN's epsilon only (measured 3e-4), adaptive worst-case and average-case sharpness
+    by 0.1% (the same box and draws in the original coordinates), Keskar's box by 16%."""
+    from lbtf.bn import rescale_into_bn
+    from lbtf.measures import average_sharpness
+
+    model = net(dropout=0.0)
+    x, y = data(n=64)
+
+    def measured():
+        twin = measurement_model(model, "batch")
+        values = [keskar_sharpness(twin, x, y, epsilon=1e-2, eta=eta, maxiter=20,
+                                   jit_compile=False).value for eta in (1.0, 0.0)]
+        average = average_sharpness(Objective(twin, x, y, jit_compile=False), flat_weights(twin),
+                                    sigma=0.05, samples=20).value
+        return twin(x).numpy(), values, average
+
+    out, (keskar, adaptive), average = measured()
+    assert rescale_into_bn(model, 4.0) == ["pre_bn"]
+    out4, (keskar4, adaptive4), average4 = measured()
+    np.testing.assert_allclose(out4, out, atol=1e-3)
+    assert adaptive4 == pytest.approx(adaptive, rel=1e-2)
+    assert average4 == pytest.approx(average, rel=1e-2)
+    assert abs(keskar4 - keskar) > 0.1 * keskar
+    with pytest.raises(ValueError, match="positive"):
+        rescale_into_bn(model, 0.0)
