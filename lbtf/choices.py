@@ -16,6 +16,8 @@ BN_MODES = ("recompute", "interpolate")
 LR_SCALINGS = ("none", "sqrt", "linear")
 NORMALIZATIONS = ("standard", "ghost", "sync", "per_replica")
 MEASURE_BN = ("moving", "batch")        # BN during measurements (lbtf.bn)
+# Sharpness measures (lbtf.sharpness, lbtf.measures, lbtf.hessian).
+MEASURES = ("keskar", "adaptive", "average", "pacbayes", "hessian", "trace")
 OPTIMIZERS = ("adam", "sgd")
 MEASURE_POINTS = ("best", "last")       # the epoch a run is measured at
 

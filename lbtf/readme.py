@@ -85,6 +85,8 @@ def accuracy_claim(results: dict) -> str:
 def sharpness_claims(results: dict) -> list[str]:
     """Per BN mode and space: in how many trials LB is sharper, at each eps."""
     counts = pd.DataFrame(results["lb_sharper"])
+    if "measure" in counts:  # Metric 2.1's rows; the other measures have their own block
+        counts = counts[counts.measure == "sharpness"]
     counts = counts.assign(order=counts.bn.map(MEASURE_BN.index)).sort_values(
         ["order", "space"], kind="stable")
     out = []

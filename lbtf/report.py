@@ -146,20 +146,37 @@ def sharpness_markdown(table: pd.DataFrame, *, space: str, network: str, dataset
     return text + ("\n\n" + STOPPED_NOTE if stopped_any else "")
 
 
-def sharper_counts(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (BN mode, space, eps): in how many trials the LB minimiser is sharper than the SB one of
-    the same trial, and the median LB / SB ratio."""
-    rows = table[table.measure == "sharpness"]
+def sharper_counts(table: pd.DataFrame, measure: str = "sharpness") -> pd.DataFrame:
+    """Per (BN mode, space, eps) of `measure`: in how many trials the LB minimiser is sharper
+    (a larger value) than the SB one of the same trial, and the median LB / SB ratio."""
+    rows = table[table.measure == measure]
     if "bn" not in rows:
         rows = rows.assign(bn="moving")
+    if "epsilon" not in rows or rows.epsilon.isna().all():
+        rows = rows.assign(epsilon="-")  # the Monte-Carlo measures have no box
     wide = rows.pivot_table(index=["bn", "space", "epsilon", "trial"], columns="regime",
                             values="value").dropna()
     out = []
+    if not {"SB", "LB"} <= set(wide.columns):
+        return pd.DataFrame(out)
     for (mode, space, eps), g in wide.groupby(level=[0, 1, 2], sort=False):
         ratio = g.LB / g.SB.where(g.SB > 0)
-        out.append({"bn": mode, "space": space, "epsilon": eps, "trials": len(g),
-                    "lb_sharper": int((g.LB > g.SB).sum()), "median_ratio": float(ratio.median())})
+        out.append({"measure": measure, "bn": mode, "space": space, "epsilon": eps,
+                    "trials": len(g), "lb_sharper": int((g.LB > g.SB).sum()),
+                    "median_ratio": float(ratio.median())})
     return pd.DataFrame(out)
+
+
+# The measures of --measures as their rows name them, in report order.
+MEASURE_ROWS = ("sharpness", "adaptive", "average", "pacbayes", "hessian", "trace")
+
+
+def every_measure_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """sharper_counts of every measure present: which ones put LB above SB, trial by trial."""
+    parts = [sharper_counts(table, m) for m in MEASURE_ROWS
+             if "measure" in table and (table.measure == m).any()]
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def eigenvalue_markdown(table: pd.DataFrame) -> str:

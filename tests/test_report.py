@@ -97,3 +97,17 @@ def test_report_marks_stopped_measurements():
     assert "6.00 ± 1.41 (median 6.00; 5.00–7.00) |" in text
     # The paper's row for F1 at eps 1e-3 sits beside ours.
     assert "1.23 ± 0.83" in text and "205.14 ± 69.52" in text
+
+
+def test_every_measure_is_counted_on_its_own():
+    """Metric 2.1 puts LB above SB in both trials, the average-case measure in neither: each
+    measure's count is its own, and the Monte-Carlo measures (no eps) get one row."""
+    rows = [{"measure": m, "bn": "moving", "space": "full", "epsilon": e, "trial": t, "regime": r,
+             "value": v}
+            for m, e, vals in (("sharpness", 1e-3, {"SB": 1.0, "LB": 5.0}),
+                               ("average", None, {"SB": 0.3, "LB": 0.1}))
+            for t in (0, 1) for r, v in vals.items()]
+    out = report.every_measure_counts(pd.DataFrame(rows)).set_index("measure")
+    assert out.lb_sharper.to_dict() == {"sharpness": 2, "average": 0}
+    assert out.median_ratio.to_dict() == pytest.approx({"sharpness": 5.0, "average": 1 / 3})
+    assert out.epsilon["average"] == "-"

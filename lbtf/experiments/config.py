@@ -96,6 +96,11 @@ class MeasureConfig:
     measure_point: str
     hessian_k: int
     checkpoint: str | None
+    measures: tuple[str, ...]
+    average_sigma: float
+    measure_samples: int
+    pacbayes_target: float
+    pacbayes_eps: float
 
 
 @_frozen
@@ -145,6 +150,7 @@ _CONVERT = {
     "batch_sizes": lambda v: tuple(parse_batch_size(b) for b in v),
     "lr_milestones": lambda v: tuple(int(m) for m in v),
     "epsilons": lambda v: tuple(float(e) for e in v),
+    "measures": tuple,
     "lr_values": lambda v: tuple(float(e) for e in v),
 }
 

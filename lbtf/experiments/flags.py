@@ -13,6 +13,7 @@ from lbtf.choices import (
     LR_SCALINGS,
     MEASURE_BN,
     MEASURE_POINTS,
+    MEASURES,
     NETWORKS,
     NORMALIZATIONS,
     OPTIMIZERS,
@@ -207,6 +208,21 @@ flags.DEFINE_enum("measure_point", "best", MEASURE_POINTS, "The weights a run is
                   "training loss, or the last epoch.")
 flags.DEFINE_integer("hessian_k", 0, "Largest Hessian eigenvalues per minimiser, by Lanczos "
                      "(0: skip; 1 costs ~12-20 Hessian-vector products per minimiser).", lower_bound=0)
+flags.DEFINE_list("measures", ["keskar"], "Sharpness measures at every minimiser, each under every "
+                  "--bn_measure mode: keskar (Metric 2.1, box eps (|x_i| + 1)), adaptive (the "
+                  "same maximisation over eps |x_i|, invariant to rescaling the weights that feed "
+                  "BN), average (E[f(x + d)] - f(x), d_i ~ N(0, (--average_sigma |x_i|)^2)), "
+                  "pacbayes (1 / sigma'^2, magnitude-aware PAC-Bayes flatness), hessian (top "
+                  "eigenvalue; --hessian_k of them) and trace (Hutchinson).")
+flags.DEFINE_float("average_sigma", 0.01, "sigma of --measures=average (noise std sigma |x_i|).",
+                   lower_bound=0)
+flags.DEFINE_integer("measure_samples", 10, "Seeded Monte-Carlo draws of --measures=average, "
+                     "pacbayes and trace (each value reported with its standard error).",
+                     lower_bound=2)
+flags.DEFINE_float("pacbayes_target", 0.1, "The rise of the mean training loss --measures="
+                   "pacbayes allows.", lower_bound=0)
+flags.DEFINE_float("pacbayes_eps", 1e-3, "eps' of --measures=pacbayes (noise variance sigma'^2 "
+                   "x_i^2 + eps'^2; Jiang et al.: 1e-3).", lower_bound=0)
 flags.DEFINE_string("checkpoint", None, "For --experiment=sharpness: a weights checkpoint "
                     "written by lbtf (prefix such as .../weights-40, or its folder for the last).")
 # Loss landscape (Figures 3 and 7).
@@ -277,6 +293,11 @@ def _valid_measure_bn(values: list[str]) -> bool:
                  "(or nothing)")
 def _valid_paths(values: list[str]) -> bool:
     return all(v in PATHS for v in values)
+
+
+@flags.validator("measures", message=f"--measures takes names from {', '.join(MEASURES)}")
+def _valid_measures(values: list[str]) -> bool:
+    return bool(values) and len(set(values)) == len(values) and all(v in MEASURES for v in values)
 
 
 @flags.validator("remedies", message=f"--remedies takes names from {', '.join(REGIMES)}")

@@ -21,6 +21,7 @@ from lbtf.errors import UsageError
 from lbtf.experiments import prepare, rundir
 from lbtf.experiments.config import Config
 from lbtf.hessian import EIGEN_METHOD, top_eigenvalues_at
+from lbtf.measures import average_sharpness, hutchinson_trace, pacbayes_flatness
 from lbtf.models import build_model
 from lbtf.objective import Objective, flat_weights, measurement_loss, subsample
 from lbtf.sharpness import SUBSPACE_METHOD, Subspace, sharpness_at
@@ -56,7 +57,11 @@ METHODS = {"subspace_generator": SUBSPACE_METHOD, "hessian_solver": EIGEN_METHOD
 
 def measurement_record(cfg: Config) -> dict:
     """How a run's measurements were taken, for results.json."""
+    m = cfg.measure
     return {"point": cfg.measure.measure_point, "bn": list(cfg.measure.bn_measure),
+            "measures": list(m.measures), "average_sigma": m.average_sigma,
+            "measure_samples": m.measure_samples, "pacbayes_target": m.pacbayes_target,
+            "pacbayes_eps": m.pacbayes_eps,
             "bn_chunk": cfg.measure.bn_measure_chunk, "loss_clip": cfg.measure.loss_clip,
             "sharpness_starts": cfg.measure.sharpness_starts,
             "sharpness_maxiter": cfg.measure.sharpness_maxiter,
@@ -121,28 +126,58 @@ def _measure_one(cfg: Config, model, objectives: dict, subspace, checkpoint: str
     if subspace is not None:
         spaces.append(("subspace", subspace, subspace.pinv_apply(minimizer)))
     rows = []
+    boxes = {"keskar": ("sharpness", 1.0), "adaptive": ("adaptive", 0.0)}
     for mode, objective in objectives.items():
         how = {"bn": mode, "loss_clip": cfg.measure.loss_clip,
                "bn_chunk": objective.batch_size if mode == "batch" else None}
-        for eps in (float(e) for e in cfg.measure.epsilons):
-            for space, sub, center in spaces:
-                r = sharpness_at(objective, minimizer, epsilon=eps, subspace=sub, center=center,
-                                 maxiter=cfg.measure.sharpness_maxiter, starts=cfg.measure.sharpness_starts,
-                                 seed=cfg.training.seed)
-                rows.append({**labels, "measure": "sharpness", "space": space, **how,
-                             **dataclasses.asdict(r)})
-                log(f"  sharpness {labels} {mode:6s} BN {space:8s} eps={eps:g}: {r.value:10.4f}"
-                    f"  (f {r.f_x:.3g} -> {r.f_max:.3g}, {r.nit} it, {r.nfev} evals, "
-                    f"{r.seconds:.1f}s; {r.message}"
-                    + ("; STOPPED BEFORE ITS FIRST ITERATION" if r.stopped_at_start else "") + ")")
-        if cfg.measure.hessian_k:
-            e = top_eigenvalues_at(objective, minimizer, k=cfg.measure.hessian_k, seed=cfg.training.seed)
+        for name, (measure, eta) in boxes.items():
+            if name not in cfg.measure.measures:
+                continue
+            for eps in (float(e) for e in cfg.measure.epsilons):
+                for space, sub, center in spaces:
+                    r = sharpness_at(objective, minimizer, epsilon=eps, subspace=sub, center=center,
+                                     maxiter=cfg.measure.sharpness_maxiter,
+                                     starts=cfg.measure.sharpness_starts, seed=cfg.training.seed,
+                                     eta=eta)
+                    rows.append({**labels, "measure": measure, "space": space, **how,
+                                 **dataclasses.asdict(r)})
+                    log(f"  {measure:9s} {labels} {mode:6s} BN {space:8s} eps={eps:g}: "
+                        f"{r.value:10.4f}  (f {r.f_x:.3g} -> {r.f_max:.3g}, {r.nit} it, "
+                        f"{r.nfev} evals, {r.seconds:.1f}s; {r.message}"
+                        + ("; STOPPED BEFORE ITS FIRST ITERATION" if r.stopped_at_start else "")
+                        + ")")
+        rows += _monte_carlo_rows(cfg, objective, minimizer, {**labels, **how}, log)
+        k = max(cfg.measure.hessian_k, int("hessian" in cfg.measure.measures))
+        if k:
+            e = top_eigenvalues_at(objective, minimizer, k=k, seed=cfg.training.seed)
             rows.append({**labels, "measure": "hessian", "space": "full", **how,
                          "value": e.eigenvalues[0], "eigenvalues": e.eigenvalues,
                          "nfev": e.num_hvp, "num_examples": e.num_examples})
             log(f"  hessian   {labels} {mode:6s} BN top eigenvalues "
                 f"{[round(v, 4) for v in e.eigenvalues]}")
     return {"rows": rows}
+
+
+def _monte_carlo_rows(cfg: Config, objective, minimizer, labels: dict, log) -> list[dict]:
+    """The seeded Monte-Carlo measures of --measures (average, pacbayes, trace) at one minimiser."""
+    m, seed, rows = cfg.measure, cfg.training.seed, []
+    if "average" in m.measures:
+        e = average_sharpness(objective, minimizer, sigma=m.average_sigma,
+                              samples=m.measure_samples, seed=seed)
+        rows.append({**labels, "measure": "average", "space": "full", "sigma": m.average_sigma,
+                     **dataclasses.asdict(e)})
+    if "pacbayes" in m.measures:
+        p = pacbayes_flatness(objective, minimizer, target=m.pacbayes_target,
+                              eps_floor=m.pacbayes_eps, samples=m.measure_samples, seed=seed)
+        rows.append({**labels, "measure": "pacbayes", "space": "full", **dataclasses.asdict(p)})
+    if "trace" in m.measures:
+        t = hutchinson_trace(objective, minimizer, samples=m.measure_samples, seed=seed)
+        rows.append({**labels, "measure": "trace", "space": "full", **dataclasses.asdict(t)})
+    for r in rows:
+        log(f"  {r['measure']:9s} {labels.get('trial', '')} {labels.get('regime', '')} "
+            f"{labels['bn']:6s} BN: {r['value']:.6g}"
+            + (f" ± {r['stderr']:.2g}" if "stderr" in r else f" (sigma' {r['sigma']:.4g})"))
+    return rows
 
 
 def run(cfg: Config, log=print):
