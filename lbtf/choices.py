@@ -14,7 +14,7 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "slurm")
 PATHS = ("linear", "curvilinear")
 BN_MODES = ("recompute", "interpolate")
 LR_SCALINGS = ("none", "sqrt", "linear")
-NORMALIZATIONS = ("standard", "ghost", "sync", "per_replica")
+NORMALIZATIONS = ("standard", "ghost", "sync", "per_replica", "none")
 MEASURE_BN = ("moving", "batch")        # BN during measurements (lbtf.bn)
 # Sharpness measures (lbtf.sharpness, lbtf.measures, lbtf.hessian).
 MEASURES = ("keskar", "adaptive", "average", "pacbayes", "hessian", "trace")

@@ -190,9 +190,10 @@ def norm_layer(kind: str, *, virtual_batch_size: int = 128, momentum: float = 0.
     """A factory for models.build_model(norm=...), whatever the replica count:
     'standard' (statistics over the global batch: Keras BN, synchronized on several replicas),
     'ghost' (GhostBatchNormalization over ghosts of the global batch), 'sync' (Keras BN always
-    synchronized) or 'per_replica' (each replica's share normalised alone: ghost BN of B / R, the
+    synchronized), 'per_replica' (each replica's share normalised alone: ghost BN of B / R, the
     old MirroredStrategy default, chosen on purpose; moving statistics still the same on every
-    replica). `momentum` is Keras' (moving = momentum x moving + (1 - momentum) x batch):
+    replica) or 'none' (an identity: no normalisation, the control whose sharpness has no BN
+    ambiguity). `momentum` is Keras' (moving = momentum x moving + (1 - momentum) x batch):
     PyTorch's 0.1 is Keras' 0.9. Build the model under the strategy it trains with."""
     if kind == "standard":
         return functools.partial(_global_batch_norm, momentum=momentum)
@@ -205,4 +206,7 @@ def norm_layer(kind: str, *, virtual_batch_size: int = 128, momentum: float = 0.
     if kind == "sync":
         return functools.partial(keras.layers.BatchNormalization, synchronized=True,
                                  momentum=momentum)
-    raise ValueError(f"unknown normalisation {kind!r}; choose standard, ghost, sync or per_replica")
+    if kind == "none":  # the control without BN: every other layer, bias and initialiser kept
+        return keras.layers.Identity
+    raise ValueError(f"unknown normalisation {kind!r}; choose standard, ghost, sync, per_replica "
+                     "or none")

@@ -139,3 +139,20 @@ def test_unknown_network_and_variant():
         build_model("F9", input_shape=(40,), num_classes=10)
     with pytest.raises(UsageError, match="unknown arch_variant"):
         build_model("F1", input_shape=(40,), num_classes=10, variant="v2")
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+def test_bn_layer_none_builds_the_network_without_normalisation(net):
+    """--bn_layer=none: no BN layer, and the hand-derived counts less exactly BN's parameters
+    (gamma and beta are as many as the moving statistics, total - trainable): every other
+    layer, bias (none on the residual networks' convolutions) and initialiser is kept."""
+    from lbtf.bn import bn_layers
+    from lbtf.layers import norm_layer
+
+    shape, classes = SHAPES[net]
+    model = build_model(net, input_shape=shape, num_classes=classes, norm=norm_layer("none"))
+    assert not bn_layers(model)
+    assert not any(isinstance(la, keras.layers.BatchNormalization) for la in model.layers)
+    trainable, total = expected(net, "paper")
+    without = trainable - (total - trainable)
+    assert parameter_counts(model) == {"trainable": without, "total": without}

@@ -126,7 +126,7 @@ flags.DEFINE_enum("bn_layer", "standard", NORMALIZATIONS, "BN layer of every net
                   "BN on several replicas), ghost (GhostBatchNormalization over ghosts of "
                   "--ghost_batch_size of the global batch), sync (Keras BN always synchronized) or "
                   "per_replica (each replica's share normalised alone: ghost BN of B / replicas, on "
-                  "purpose).")
+                  "purpose) or none (no normalisation: the control for sharpness without BN).")
 flags.DEFINE_float("bn_momentum", 0.99, "Momentum of the BN moving statistics, Keras' convention "
                    "(0.99, Keras' default; PyTorch's default, which Hoffer et al. ran, is 0.9 "
                    "here).", lower_bound=0, upper_bound=1)
