@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_scaling.py
 	$(PY) bench/bench_profile.py
 	$(PY) bench/bench_replicas.py
+	$(PY) bench/bench_measures.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
