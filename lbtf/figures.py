@@ -177,3 +177,23 @@ def diffusion(table: pd.DataFrame, *, title: str) -> plt.Figure:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
+
+
+def convergence(rows: pd.DataFrame, *, title: str) -> plt.Figure:
+    """Metric 2.1 after each L-BFGS-B iteration of the run from y = 0, one line per minimiser
+    (SB and LB in their colours), one panel per eps: whether the maximisation had converged.
+    rows: regime, epsilon, trace (phi after each iteration)."""
+    epsilons = sorted(rows.epsilon.unique(), reverse=True)
+    fig, axes = plt.subplots(1, len(epsilons), figsize=(5 * len(epsilons), 4), squeeze=False)
+    for ax, eps in zip(axes[0], epsilons, strict=True):
+        for r in rows[rows.epsilon == eps].itertuples():
+            ax.plot(range(1, len(r.trace) + 1), r.trace, color=_color(r.regime), alpha=0.8,
+                    marker=".", label=r.regime)
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles, strict=True))
+        ax.legend(unique.values(), unique.keys(), fontsize=8)
+        ax.set(xlabel="L-BFGS-B iteration", ylabel="sharpness so far (%)", title=f"ε = {eps:g}")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

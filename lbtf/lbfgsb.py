@@ -66,16 +66,25 @@ def minimize_box(fun_grad: FunGrad, x0: np.ndarray, lower: np.ndarray, upper: np
                  maxiter: int, m: int = 10, maxfun: int = 15000,
                  fast: bool = True) -> scipy.optimize.OptimizeResult:
     """Minimises f over lower <= x <= upper from x0 (scipy's default tolerances). The result's
-    `driver` says which path ran; errors raised by `fun_grad` propagate."""
+    `driver` says which path ran, `iterate_nfev` how many evaluations had been made when each
+    iterate was accepted; errors raised by `fun_grad` propagate."""
     if fast and fast_path_available():
         res = _driver(fun_grad, x0, lower, upper, maxiter=maxiter, m=m, maxfun=maxfun)
         res.driver = FAST
         return res
+    calls = [0]
+
+    def counted(x):
+        calls[0] += 1
+        return fun_grad(x)
+
+    marks: list[int] = []
     with threadpoolctl.threadpool_limits(SETULB_BLAS_THREADS, user_api="blas"):  # fun_grad too
-        res = scipy.optimize.minimize(fun_grad, x0, jac=True, method="L-BFGS-B",
+        res = scipy.optimize.minimize(counted, x0, jac=True, method="L-BFGS-B",
                                       bounds=scipy.optimize.Bounds(lower, upper),
+                                      callback=lambda xk: marks.append(calls[0]),
                                       options={"maxiter": maxiter, "maxcor": m, "maxfun": maxfun})
-    res.driver = PUBLIC
+    res.driver, res.iterate_nfev = PUBLIC, marks
     return res
 
 
@@ -108,7 +117,7 @@ def _driver(fun_grad: FunGrad, x0, lower, upper, *, maxiter: int, m: int, maxfun
     iwa = np.zeros(3 * n, np.int32)
     task, ln_task = np.zeros(2, np.int32), np.zeros(2, np.int32)
     lsave, isave, dsave = np.zeros(4, np.int32), np.zeros(44, np.int32), np.zeros(29, np.float64)
-    nit = 0
+    nit, marks = 0, []
     while True:
         with blas.limit(limits=SETULB_BLAS_THREADS, user_api="blas"):
             _lbfgsb.setulb(m, x, low, up, nbd, f, g, factr, pgtol, wa, iwa, task, lsave, isave,
@@ -118,6 +127,7 @@ def _driver(fun_grad: FunGrad, x0, lower, upper, *, maxiter: int, m: int, maxfun
             f, g = np.array(fx, np.float64), gx.copy()
         elif task[0] == 1:  # a new iterate
             nit += 1
+            marks.append(cache["nfev"])
             if nit >= maxiter:
                 task[:] = (5, 504)
             elif cache["nfev"] > maxfun:
@@ -127,4 +137,4 @@ def _driver(fun_grad: FunGrad, x0, lower, upper, *, maxiter: int, m: int, maxfun
     warn = 0 if task[0] == 4 else (1 if cache["nfev"] > maxfun or nit >= maxiter else 2)
     return scipy.optimize.OptimizeResult(
         x=x, fun=float(f), jac=g, nit=nit, nfev=cache["nfev"], status=warn, success=warn == 0,
-        message=status_messages[task[0]] + ": " + task_messages[task[1]])
+        message=status_messages[task[0]] + ": " + task_messages[task[1]], iterate_nfev=marks)

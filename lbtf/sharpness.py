@@ -63,6 +63,7 @@ class SharpnessResult:
     best_start: int = 0       # the run that found f_max (0: the one from y = 0)
     stopped_at_start: bool = False  # the run from y = 0 made no iteration (phi = 0 is no result)
     eta: float = 1.0          # the box's |x_i| + eta (1: Keskar's; 0: adaptive)
+    trace: tuple = ()         # phi after each iteration of the run from y = 0 (its best f so far)
 
 
 def sharpness_value(f_x: float, f_max: float) -> float:
@@ -244,6 +245,8 @@ def maximize_in_box(objective: Objective, minimizer: np.ndarray, halfwidths: np.
         results.append(minimize_box(negated, y0, -halfwidths, halfwidths, maxiter=maxiter))
         if max(seen[first:]) > best:
             best, best_start = max(seen[first:]), k
+        if k == 0:  # the run from y = 0: its best f after each iteration
+            results[0].best_f = [max(seen[:m]) for m in results[0].iterate_nfev]
     return results, seen[0], best, best_start
 
 
@@ -302,4 +305,5 @@ def sharpness_at(objective: Objective, minimizer: np.ndarray, *, epsilon: float,
         message=str(results[best].message), success=bool(results[best].success),
         num_examples=objective.n, streamed=bool(subspace is not None and subspace.streamed),
         seconds=time.perf_counter() - start, driver=results[0].driver, starts=starts,
-        best_start=best, stopped_at_start=int(results[0].nit) == 0, eta=eta)
+        best_start=best, stopped_at_start=int(results[0].nit) == 0, eta=eta,
+        trace=tuple(sharpness_value(f_x, f) for f in results[0].best_f))

@@ -137,3 +137,17 @@ def test_stop_at_start_is_flagged_and_random_starts_find_the_corners():
     three = sharpness_at(SquaredNorm(), minimizer, epsilon=1.0, starts=3, seed=5)
     assert three.f_max == pytest.approx(4.0) and three.best_start in (1, 2)
     assert three.value == pytest.approx(sharpness_value(0.0, 4.0)) and three.stopped_at_start
+
+
+def test_the_trace_is_phi_after_each_iteration_ending_at_the_result():
+    """The run from y = 0 records its best f after every iteration: one entry per iteration,
+    never falling, and the last one the reported phi (one start)."""
+    from lbtf.sharpness import sharpness_at
+
+    model, x, t, _, _ = one_hot_linear()
+    objective = Objective(model, x, t, loss=lambda yt, yp: (yp - yt) ** 2, jit_compile=False)
+    w = flat_weights(model)
+    r = sharpness_at(objective, w, epsilon=0.3, maxiter=6)
+    assert len(r.trace) == r.nit and r.nit >= 2
+    assert all(b >= a for a, b in zip(r.trace, r.trace[1:], strict=False))
+    assert r.trace[-1] == pytest.approx(r.value, rel=1e-12)

@@ -18,11 +18,10 @@ from lbtf import report
 from lbtf.bn import measurement_model
 from lbtf.checkpoints import checkpoint_at, load_weights
 from lbtf.errors import UsageError
-from lbtf.experiments import prepare, rundir
+from lbtf.experiments import prepare, rundir, training
 from lbtf.experiments.config import Config
 from lbtf.hessian import EIGEN_METHOD, top_eigenvalues_at
 from lbtf.measures import average_sharpness, hutchinson_trace, pacbayes_flatness
-from lbtf.models import build_model
 from lbtf.objective import Objective, flat_weights, measurement_loss, subsample
 from lbtf.sharpness import SUBSPACE_METHOD, Subspace, sharpness_at
 
@@ -91,8 +90,8 @@ def measure_minimizers(cfg: Config, data, minimizers: list[dict], *, strategy=No
     """
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        model = build_model(cfg.model.network, input_shape=data.input_shape,
-                            num_classes=data.num_classes, variant=cfg.model.arch_variant)
+        # The trained network's layers (--bn_layer=none has no BN variables to load).
+        model = training.model_builder(cfg, data)()
         nets = {mode: measurement_model(model, mode) for mode in cfg.measure.bn_measure}
     x, y = subsample(data.x_train, data.y_train, cfg.measure.sharpness_examples or None, cfg.training.seed)
     objectives = {mode: Objective(net, x, y, loss=measurement_loss(cfg.measure.loss_clip),

@@ -13,7 +13,7 @@ import time
 
 import pandas as pd
 
-from lbtf import report
+from lbtf import figures, report
 from lbtf.errors import UsageError
 from lbtf.experiments import parametric, prepare, rundir, sharding, sharpness, training
 from lbtf.experiments.config import Config
@@ -48,6 +48,7 @@ def run(cfg: Config, log=print):
     tables = parametric.parametric_tables(cfg, data, trained, log=log)
     plots += parametric.parametric_figures(tables, cfg=cfg, dataset=data.name,
                                            run_dir=run_dir, writer=writer)
+    plots += convergence_figures(found, cfg=cfg, dataset=data.name, run_dir=run_dir, writer=writer)
     distance = ["## Distance from the starting point", report.distance_markdown(dist)]
     text = "\n\n".join([
         f"# Table 2: SB vs LB Adam, {cfg.model.network} on {data.name}", header(cfg, data, batches),
@@ -83,6 +84,26 @@ def _measure(cfg: Config, data, trained: pd.DataFrame, *, strategy, run_dir, log
                   for r in trained.itertuples()]
     return sharpness.measure_minimizers(cfg, data, minimizers, strategy=strategy, log=log,
                                         cache_dir=run_dir / "measurements")
+
+
+def convergence_figures(found, *, cfg: Config, dataset: str, run_dir, writer) -> list[str]:
+    """Metric 2.1 (full space) against L-BFGS-B iteration, SB and LB, one figure per BN mode."""
+    if found is None or found.empty or "trace" not in found:
+        return []
+    out = []
+    for mode in cfg.measure.bn_measure:
+        rows = found[(found.measure == "sharpness") & (found.space == "full") & (found.bn == mode)]
+        if rows.empty:
+            continue
+        fig = figures.convergence(rows, title=f"Metric 2.1 against iteration: {cfg.model.network} "
+                                  f"on {dataset}, {mode} BN")
+        out += [f"## Does the maximisation converge? ({mode} BN)",
+                figures.save(fig, run_dir, f"convergence_{mode}bn", writer=writer,
+                             caption=f"Full-space Metric 2.1 after each of the "
+                             f"{cfg.measure.sharpness_maxiter} L-BFGS-B iterations of the run from "
+                             "y = 0, every minimiser (SB blue, LB red): a curve still rising at "
+                             "its last iteration had not converged.")]
+    return out
 
 
 def header(cfg: Config, data, batches: dict[str, int]) -> str:
