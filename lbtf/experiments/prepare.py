@@ -20,6 +20,7 @@ def loader_options(data: DataConfig, *, seed: int) -> dict:
         "mnist1d": lambda: {"num_samples": data.mnist1d_samples, "data_dir": data.data_dir},
         "cluttered_digits": lambda: {"data_dir": data.data_dir},
         "digits": dict,
+        "mnist5k": dict,
         "timit": lambda: {"path": data.timit_path},
         "synthetic": lambda: {"shape": data.synthetic_shape, "num_classes": data.synthetic_classes,
                               "num_train": data.synthetic_train, "num_test": data.synthetic_test,
