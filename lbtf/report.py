@@ -244,3 +244,22 @@ def hoffer_table_markdown(trained: pd.DataFrame, *, network: str, dataset: str) 
         rows.append({"": f"paper, {network} on {data}",
                      **{c: f"{v:.2f}" for c, v in zip(HOFFER_COLUMNS, values, strict=True)}})
     return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def rescale_markdown(found: pd.DataFrame, rescaled: pd.DataFrame, *, factor: float) -> str:
+    """Each measure's value after rescaling the weights that feed BN by `factor`, against the
+    value as trained: the median ratio over minimisers per (measure, BN mode, space, eps), and
+    whether it moved (by more than 1%)."""
+    keys = ["measure", "bn", "space", "epsilon", "trial", "regime"]
+    both = found.assign(epsilon=found.get("epsilon")).merge(
+        rescaled.assign(epsilon=rescaled.get("epsilon")), on=keys, suffixes=("", "_rescaled"))
+    both = both.assign(epsilon=both.epsilon.fillna("-"),
+                       ratio=both.value_rescaled / both.value.where(both.value != 0))
+    out = (both.groupby(["measure", "bn", "space", "epsilon"], sort=False).ratio
+           .agg(["median", "min", "max", "count"]).reset_index())
+    out["moved"] = ~out["median"].between(0.99, 1.01)
+    note = (f"Every minimiser measured again after multiplying the weights that feed each BN layer "
+            f"by {factor:g} (moving statistics scaled to match: the same function up to BN's "
+            "epsilon). Ratio: value after / value as trained.")
+    return note + "\n\n" + out.to_markdown(index=False, floatfmt=".4g")
+

@@ -295,3 +295,20 @@ def test_table2_without_bn_trains_and_measures(data_dir, tmp_path):
     assert len(m) == 2 and all(len(t) == n for t, n in zip(m.trace, m.nit, strict=True))
     assert (run / "convergence_movingbn.png").stat().st_size > 1000
     assert "## Does the maximisation converge? (moving BN)" in (run / "report.md").read_text()
+
+
+def test_table2_rescale_check_reports_which_measures_move(data_dir, tmp_path):
+    """--rescale_check=4: every minimiser measured again with the weights feeding BN x4 (the same
+    function). The average-case measure cannot move (the same draws in the original coordinates:
+    within BN's epsilon); Keskar's box must (its +1 floor does not scale)."""
+    run, _ = run_experiment(f"--data_dir={data_dir}", f"--output_dir={tmp_path}", *TINY[:2],
+                            "--trials=1", *SHARP, "--subspace_dim=0", "--bn_measure=batch",
+                            "--measures=keskar,average", "--measure_samples=3",
+                            "--rescale_check=4")
+    results = json.loads((run / "results.json").read_text())
+    before = pd.DataFrame(results["measurements"]).set_index(["measure", "regime"]).value
+    after = pd.DataFrame(results["rescaled_measurements"]).set_index(["measure", "regime"]).value
+    ratio = after / before
+    assert ratio["average"].to_numpy() == pytest.approx([1, 1], rel=1e-2)
+    assert (abs(ratio["sharpness"] - 1) > 0.05).all()
+    assert "## Reparametrisation check" in (run / "report.md").read_text()

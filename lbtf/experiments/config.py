@@ -101,6 +101,7 @@ class MeasureConfig:
     measure_samples: int
     pacbayes_target: float
     pacbayes_eps: float
+    rescale_check: float
 
 
 @_frozen

@@ -223,6 +223,10 @@ flags.DEFINE_float("pacbayes_target", 0.1, "The rise of the mean training loss -
                    "pacbayes allows.", lower_bound=0)
 flags.DEFINE_float("pacbayes_eps", 1e-3, "eps' of --measures=pacbayes (noise variance sigma'^2 "
                    "x_i^2 + eps'^2; Jiang et al.: 1e-3).", lower_bound=0)
+flags.DEFINE_float("rescale_check", 0.0, "Measure every minimiser again after multiplying the "
+                   "weights that feed each BN layer by this factor (their moving statistics scaled "
+                   "to match: the same function), and report which values moved (0: off).",
+                   lower_bound=0)
 flags.DEFINE_string("checkpoint", None, "For --experiment=sharpness: a weights checkpoint "
                     "written by lbtf (prefix such as .../weights-40, or its folder for the last).")
 # Loss landscape (Figures 3 and 7).

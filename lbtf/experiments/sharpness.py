@@ -15,7 +15,7 @@ import pandas as pd
 import tensorflow as tf
 
 from lbtf import report
-from lbtf.bn import measurement_model
+from lbtf.bn import measurement_model, rescale_into_bn
 from lbtf.checkpoints import checkpoint_at, load_weights
 from lbtf.errors import UsageError
 from lbtf.experiments import prepare, rundir, training
@@ -78,7 +78,8 @@ def primary_sharpness(found: pd.DataFrame, bn_measure: tuple[str, ...]) -> pd.Da
 
 
 def measure_minimizers(cfg: Config, data, minimizers: list[dict], *, strategy=None, log=print,
-                       cache_dir: Path | None = None) -> pd.DataFrame:
+                       cache_dir: Path | None = None,
+                       rescaled: list | None = None) -> pd.DataFrame:
     """Full-space and subspace sharpness at every eps, and the top Hessian eigenvalues, of every
     minimiser (dicts with a 'checkpoint' and label fields), under every --measure_bn mode. One row
     per measurement, labelled with its BN mode ("bn") and loss clip ("loss_clip").
@@ -86,7 +87,8 @@ def measure_minimizers(cfg: Config, data, minimizers: list[dict], *, strategy=No
     One network, one objective per BN mode (compiled once) and one random subspace A serve every
     minimiser, so their values are comparable and the cost is that of the measurements alone.
     With `cache_dir`, each minimiser's measurements are kept there and skipped when the run is
-    started again.
+    started again. The rows after --rescale_check's rescaling are left out, and appended to
+    `rescaled` when given.
     """
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
@@ -114,13 +116,28 @@ def measure_minimizers(cfg: Config, data, minimizers: list[dict], *, strategy=No
             name = "_".join(f"{k}{v}" for k, v in labels.items()) or "minimizer"
             rows += rundir.cached(Path(cache_dir) / f"{name}.json", measure, log=log,
                                  method=METHODS)["rows"]
-    return pd.DataFrame(rows)
+    if rescaled is not None:
+        rescaled += [r for r in rows if r.get("rescale", 1.0) != 1.0]
+    return pd.DataFrame([r for r in rows if r.get("rescale", 1.0) == 1.0])
 
 
 def _measure_one(cfg: Config, model, objectives: dict, subspace, checkpoint: str, labels: dict,
                  log) -> dict:
+    """Every measure at one checkpoint; with --rescale_check=a, again after rescaling the weights
+    that feed BN by a (rows labelled `rescale`: 1 for the checkpoint as trained)."""
     load_weights(model, checkpoint, cfg.model.network)
-    minimizer = flat_weights(model)
+    rows = _measure_at(cfg, objectives, subspace, flat_weights(model), {**labels, "rescale": 1.0},
+                       log)
+    a = cfg.measure.rescale_check
+    if a:
+        rescaled = rescale_into_bn(model, a)
+        log(f"  rescale check: {', '.join(rescaled) or 'no layer feeds BN'} x {a:g}")
+        rows += _measure_at(cfg, objectives, subspace, flat_weights(model),
+                            {**labels, "rescale": a}, log)
+    return {"rows": rows}
+
+
+def _measure_at(cfg: Config, objectives: dict, subspace, minimizer, labels: dict, log) -> list:
     spaces = [("full", None, None)]
     if subspace is not None:
         spaces.append(("subspace", subspace, subspace.pinv_apply(minimizer)))
@@ -154,7 +171,7 @@ def _measure_one(cfg: Config, model, objectives: dict, subspace, checkpoint: str
                          "nfev": e.num_hvp, "num_examples": e.num_examples})
             log(f"  hessian   {labels} {mode:6s} BN top eigenvalues "
                 f"{[round(v, 4) for v in e.eigenvalues]}")
-    return {"rows": rows}
+    return rows
 
 
 def _monte_carlo_rows(cfg: Config, objective, minimizer, labels: dict, log) -> list[dict]:

@@ -34,12 +34,17 @@ def run(cfg: Config, log=print):
     trained = training.train_regimes(cfg, data=data, strategy=strategy, batches=batches,
                                      run_dir=run_dir, log=log)
     all_runs, trained = trained, training.without_diverged(trained, log)
-    found = _measure(cfg, data, trained, strategy=strategy, run_dir=run_dir, log=log)
+    rescaled: list[dict] = []
+    found = _measure(cfg, data, trained, strategy=strategy, run_dir=run_dir, log=log,
+                     rescaled=rescaled)
     if cfg.run.shard:
         return sharding.done(cfg.run.shard, run_dir, len(all_runs), log)
     summary = report.accuracy_summary(trained)
     table = report.table2_markdown(summary, network=cfg.model.network, dataset=data.name)
     summaries, details = sharpness_sections(found, cfg, data.name) if found is not None else ([], [])
+    if rescaled:
+        summaries += ["## Reparametrisation check", report.rescale_markdown(
+            found, pd.DataFrame(rescaled), factor=cfg.measure.rescale_check)]
     dist = parametric.distances(cfg, data, trained)
     writer = rundir.summary_writer(run_dir, "figures")
     history = pd.read_csv(read_path(run_dir / "history.csv"))
@@ -68,14 +73,16 @@ def run(cfg: Config, log=print):
                               else report.every_measure_counts(found).to_dict(orient="records")),
                "distances": dist.to_dict(orient="records"),
                "parametric": {p: t.to_dict(orient="records") for p, t in tables.items()},
-               "measurement": sharpness.measurement_record(cfg)}
+               "measurement": sharpness.measurement_record(cfg),
+               "rescaled_measurements": rescaled}
     rundir.write_results(run_dir, results, text + "\n", log=log)
     log("\n" + "\n\n".join([table, *summaries, *distance]) +
         f"\n\nreport: {run_dir / 'report.md'}")
     return run_dir
 
 
-def _measure(cfg: Config, data, trained: pd.DataFrame, *, strategy, run_dir, log) -> pd.DataFrame | None:
+def _measure(cfg: Config, data, trained: pd.DataFrame, *, strategy, run_dir, log,
+             rescaled: list | None = None) -> pd.DataFrame | None:
     """Tables 3 and 4: every run's measured point, under every --measure_bn mode (None: off)."""
     if not cfg.measure.sharpness or trained.empty:
         return None
@@ -83,7 +90,7 @@ def _measure(cfg: Config, data, trained: pd.DataFrame, *, strategy, run_dir, log
     minimizers = [{"trial": r.trial, "regime": r.regime, "checkpoint": r.checkpoint}
                   for r in trained.itertuples()]
     return sharpness.measure_minimizers(cfg, data, minimizers, strategy=strategy, log=log,
-                                        cache_dir=run_dir / "measurements")
+                                        cache_dir=run_dir / "measurements", rescaled=rescaled)
 
 
 def convergence_figures(found, *, cfg: Config, dataset: str, run_dir, writer) -> list[str]:
