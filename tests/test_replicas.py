@@ -121,8 +121,8 @@ def test_workers_take_the_chiefs_measurements():
 # Experiment-sized runs, default flags otherwise (no XLA: it is off on several replicas, and its
 # own rounding would be part of the comparison).
 EXPERIMENTS = {
-    "table2_F1": ["--experiment=table2", "--network=F1", "--max_epochs=4", "--parametric="],
-    "hoffer_F1": ["--experiment=hoffer", "--network=F1", "--max_epochs=4", "--sb_batch_size=32",
+    "table2_F1": ["--experiment=table2", "--network=F1", "--max_epochs=3", "--parametric="],
+    "hoffer_F1": ["--experiment=hoffer", "--network=F1", "--max_epochs=3", "--sb_batch_size=32",
                   "--lb_batch_size=200", "--ghost_batch_size=50", "--optimizer=sgd",
                   "--momentum=0.9", "--learning_rate=0.01", "--lr_milestones=3",
                   "--lr_values=0.001"],

@@ -193,8 +193,9 @@ def test_either_worker_killed_in_any_phase_the_restarted_job_ends_as_uninterrupt
     it trains, while it measures sharpness and while it draws the parametric plot, then started
     again: results.json equal to the uninterrupted job's, value for value (--deterministic)."""
     args = ["--experiment=table2", "--network=F1", "--mnist1d_samples=500", "--trials=1",
-            "--max_epochs=4", "--patience=20", "--epsilons=1e-3,5e-4", "--subspace_dim=0",
-            "--sharpness_maxiter=3", "--parametric_points=9", "--nojit_compile",
+            "--max_epochs=3", "--patience=20", "--epsilons=1e-3,5e-4", "--subspace_dim=0",
+            "--sharpness_maxiter=2", "--parametric_points=7", "--bn_measure=moving",
+            "--parametric=linear,curvilinear", "--nojit_compile",
             "--deterministic", "--resume_interval=0", f"--data_dir={data_dir}",
             f"--output_dir={tmp_path}"]
     logs = tmp_path / "logs"
