@@ -197,3 +197,26 @@ def convergence(rows: pd.DataFrame, *, title: str) -> plt.Figure:
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def measures_vs_gap(rows: pd.DataFrame, *, title: str, keys: list[tuple]) -> plt.Figure:
+    """One panel per measure (keys: (measure, bn, space, epsilon)): its value at every minimiser
+    against the accuracy gap, coloured by the batch size (log scale)."""
+    cols = min(3, len(keys))
+    nrows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    norm = matplotlib.colors.LogNorm(rows.batch_size.min(), max(rows.batch_size.max(), 2))
+    for ax, key in zip(axes.ravel(), keys, strict=False):
+        g = rows[(rows.measure == key[0]) & (rows.bn == key[1]) & (rows.space == key[2])
+                 & (rows.epsilon == key[3])]
+        points = ax.scatter(100 * g.gap_acc, g.value, c=g.batch_size, norm=norm, cmap="viridis")
+        if (g.value > 0).all():
+            ax.set_yscale("log")
+        eps = "" if key[3] == "-" else f", ε = {key[3]:g}"
+        ax.set(xlabel="train − test accuracy (points)", title=f"{key[0]} ({key[1]} BN, {key[2]}{eps})")
+        ax.grid(alpha=0.3)
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis("off")
+    fig.colorbar(points, ax=axes.ravel().tolist(), label="batch size")
+    fig.suptitle(title)
+    return fig

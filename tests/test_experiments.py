@@ -40,6 +40,28 @@ def test_batch_sweep(data_dir, tmp_path):
     assert "](figure4_batch_sweep.png)" in (run / "report.md").read_text()
 
 
+def test_batch_sweep_correlates_every_measure_with_the_gap(data_dir, tmp_path):
+    """Three batch sizes, two trials, two measures: Kendall's tau of each with the gap and the
+    batch size, recomputed here from the runs and measurements the results record."""
+    import scipy.stats
+
+    run_ok("--experiment=batch_sweep", "--batch_sizes=32,100,200", "--measures=keskar,trace",
+           "--measure_samples=2", f"--data_dir={data_dir}", f"--output_dir={tmp_path}", *BASE,
+           "--trials=2")
+    (run,) = tmp_path.iterdir()
+    results = results_of(run)
+    corr = pd.DataFrame(results["correlations"]).set_index("measure")
+    assert set(corr.index) == {"sharpness", "trace"} and (corr.n == 6).all()
+    runs = pd.DataFrame(results["runs"]).set_index(["trial", "regime"])
+    trace = pd.DataFrame(results["measurements"]).query("measure == 'trace'")
+    gap = [runs.train_acc[(t, r)] - runs.test_acc[(t, r)] for t, r in zip(trace.trial, trace.regime,
+                                                                          strict=True)]
+    tau = scipy.stats.kendalltau(trace.value, gap).statistic
+    assert corr.tau_gap_acc["trace"] == pytest.approx(tau)
+    assert (run / "measures_vs_gap.png").stat().st_size > 1000
+    assert "## Which measure tracks the gap" in (run / "report.md").read_text()
+
+
 def test_warm_start_restart_skips_finished_runs(data_dir, tmp_path):
     args = ["--experiment=warm_start", "--warm_start_epochs=2", "--warm_start_stride=1",
             "--run_name=ws", f"--data_dir={data_dir}", f"--output_dir={tmp_path}", *BASE]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lbtf import figures, report
+from lbtf import figures, report, study
 from lbtf.experiments import prepare, rundir, sharding, sharpness, training
 from lbtf.experiments.config import Config
 
@@ -43,12 +43,13 @@ def run(cfg: Config, log=print):
     caption = ("Figure 4: test accuracy of the measured iterate (left) and its sharpness (right, "
                f"{cfg.measure.bn_measure[0]} BN) against the batch size; means over trials.")
     table = _sweep_table(accuracy, sharp)
+    corr, tracking = _which_measure(cfg, found, trained, data.name, run_dir, writer)
     text = "\n\n".join([
         f"# Figure 4: accuracy and sharpness against batch size, {cfg.model.network} on {data.name}",
         f"Adam lr {cfg.training.learning_rate}; {cfg.training.trials} trial(s) per batch size; "
         f"at most {cfg.training.max_epochs} epochs (patience {cfg.training.patience}). Accuracy in percent.",
         table, figures.save(fig, run_dir, "figure4_batch_sweep", caption=caption, writer=writer),
-        "## Runs", report.runs_markdown(all_runs)])
+        *tracking, "## Runs", report.runs_markdown(all_runs)])
     results = {"experiment": "batch_sweep", "network": cfg.model.network, "dataset": data.name,
                "batch_sizes": list(batches.values()),
                "environment": rundir.environment(strategy),
@@ -56,10 +57,34 @@ def run(cfg: Config, log=print):
                "accuracy": accuracy.to_dict(orient="records"),
                "runs": all_runs.to_dict(orient="records"),
                "diverged": training.diverged_names(all_runs),
-               "measurements": found.to_dict(orient="records")}
+               "measurements": found.to_dict(orient="records"),
+               "correlations": corr.to_dict(orient="records")}
     rundir.write_results(run_dir, results, text + "\n", log=log)
     log(f"\n{table}\n\nreport: {run_dir / 'report.md'}")
     return run_dir
+
+
+def _which_measure(cfg: Config, found: pd.DataFrame, trained: pd.DataFrame, dataset: str, run_dir,
+                   writer) -> tuple[pd.DataFrame, list[str]]:
+    """Kendall's tau of every measure with the gaps and the batch size, and each measure against
+    the accuracy gap (lbtf.study); nothing without measurements."""
+    if found.empty or "measure" not in found:
+        return pd.DataFrame(), []
+    rows = study.joined(found, trained)
+    corr = study.correlations(rows)
+    keys = [tuple(k) for k in corr[study.KEY].itertuples(index=False)
+            if k[2] == "full" and k[3] in ("-", max(float(e) for e in cfg.measure.epsilons))]
+    fig = figures.measures_vs_gap(rows, keys=keys,
+                                  title=f"Each measure against the gap: {cfg.model.network} on {dataset}")
+    note = ("Kendall's tau-b over every minimiser (all batch sizes and trials) of each measure with "
+            "the accuracy gap (training minus test accuracy), the loss gap (test minus training "
+            "loss) and the batch size, p-values beside; `largest_sharper`: in how many trials the "
+            "largest batch's value exceeds the smallest batch's.")
+    return corr, ["## Which measure tracks the gap", note,
+                  corr.to_markdown(index=False, floatfmt=".3g"),
+                  figures.save(fig, run_dir, "measures_vs_gap", writer=writer,
+                               caption="Every measure (full space, largest eps) at every minimiser "
+                                       "against its accuracy gap, coloured by batch size.")]
 
 
 def _sweep_table(accuracy: pd.DataFrame, sharp: pd.DataFrame) -> str:
