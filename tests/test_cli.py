@@ -285,13 +285,15 @@ def test_table2_measures_every_measure_asked_for(data_dir, tmp_path):
 
 def test_table2_without_bn_trains_and_measures(data_dir, tmp_path):
     """--bn_layer=none end to end: measured with the network it trained (no BN variables), and
-    the convergence figure drawn from every measurement's trace."""
+    the convergence figure drawn from every measurement's trace; the two BN modes are one function
+    without BN, so it is measured once (under the first)."""
     run, _ = run_experiment(f"--data_dir={data_dir}", f"--output_dir={tmp_path}", *TINY[:2],
                             "--trials=1", *SHARP, "--subspace_dim=0", "--bn_layer=none",
-                            "--bn_measure=moving", "--epsilons=1e-3")
+                            "--bn_measure=moving,batch", "--epsilons=1e-3")
     results = json.loads((run / "results.json").read_text())
     assert {r["bn_layers"] for r in results["runs"]} == {"none"}
     m = pd.DataFrame(results["measurements"])
+    assert set(m.bn) == {"moving"}
     assert len(m) == 2 and all(len(t) == n for t, n in zip(m.trace, m.nit, strict=True))
     assert (run / "convergence_movingbn.png").stat().st_size > 1000
     assert "## Does the maximisation converge? (moving BN)" in (run / "report.md").read_text()

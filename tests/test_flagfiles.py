@@ -17,7 +17,17 @@ ARTIFACTS = {"table2": ("table2", KESKAR_NETWORKS), "table3": ("table2", KESKAR_
              "figure3": ("table2", KESKAR_NETWORKS), "figure7": ("table2", KESKAR_NETWORKS),
              "figure4": ("batch_sweep", ("F2", "C1")), "figure5": ("warm_start", ("F2", "C1")),
              "figure6": ("trajectory", ("F2", "C1")), "remedies": ("remedies", KESKAR_NETWORKS),
-             "hoffer": ("hoffer", ("F1", "C1", "resnet44", "C2", "C3", "wrn16_4"))}
+             "hoffer": ("hoffer", ("F1", "C1", "resnet44", "C2", "C3", "wrn16_4")),
+             "study": ("batch_sweep", ("F1",))}
+# Artifacts with a variant beside the paper's settings: the sharpness study without BN.
+VARIANTS = {"study": ("", "_nobn")}
+
+
+def artifact_of(path: Path) -> tuple[str, str, str]:
+    """(artifact, network, variant) of a flagfile name <artifact>_<network>[<variant>][_cpu]."""
+    artifact, _, rest = path.stem.removesuffix("_cpu").partition("_")
+    variant = next((v for v in VARIANTS.get(artifact, ()) if v and rest.endswith(v)), "")
+    return artifact, rest.removesuffix(variant) if variant else rest, variant
 
 
 @pytest.fixture()
@@ -29,15 +39,16 @@ def fresh_flags(monkeypatch):
 
 
 def test_every_artifact_has_a_paper_and_a_cpu_flagfile_per_network():
-    expected = {f"{art}_{net}{v}.flags" for art, (_, nets) in ARTIFACTS.items() for net in nets
-                for v in ("", "_cpu")}
+    expected = {f"{art}_{net}{variant}{v}.flags" for art, (_, nets) in ARTIFACTS.items()
+                for net in nets for variant in VARIANTS.get(art, ("",)) for v in ("", "_cpu")}
     assert expected == {p.name for p in FLAGFILES}
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=lambda p: p.name)
 def test_flagfile_parses(path, fresh_flags):
     fresh_flags(["run_experiments.py", f"--flagfile={path}"])
-    artifact, _, network = path.stem.removesuffix("_cpu").partition("_")
+    artifact, network, variant = artifact_of(path)
+    assert fresh_flags.bn_layer == ("none" if variant == "_nobn" else "standard")
     assert fresh_flags.experiment == ARTIFACTS[artifact][0] and fresh_flags.network == network
     batches = (fresh_flags.sb_batch_size, fresh_flags.lb_batch_size)
     hoffer = artifact == "hoffer"  # Hoffer et al.: SB 128, LB 4096; the twins keep the ratio 32
@@ -56,8 +67,13 @@ def test_flagfile_parses(path, fresh_flags):
         assert fresh_flags.subspace_dim == 0 and fresh_flags.sharpness
     if artifact in ("figure3", "figure7"):
         assert fresh_flags.parametric == ["linear" if artifact == "figure3" else "curvilinear"]
-    if artifact in ("figure4", "figure5"):  # long multi-run experiments resume when restarted
+    if artifact in ("figure4", "figure5", "study"):  # long multi-run experiments resume
         assert fresh_flags.run_name == path.stem
+    if artifact == "study":  # every measure at five batch sizes or more, three trials or more
+        assert set(fresh_flags.measures) == {"keskar", "adaptive", "average", "pacbayes",
+                                             "hessian", "trace"}
+        assert len(fresh_flags.batch_sizes) >= 5 and fresh_flags.trials >= 3
+        assert list(fresh_flags.bn_measure) == ["moving", "batch"]
 
 
 def parsed(fresh_flags, *args) -> dict[str, str]:

@@ -15,7 +15,7 @@ import pandas as pd
 import tensorflow as tf
 
 from lbtf import report
-from lbtf.bn import measurement_model, rescale_into_bn
+from lbtf.bn import bn_layers, measurement_model, rescale_into_bn
 from lbtf.checkpoints import checkpoint_at, load_weights
 from lbtf.errors import UsageError
 from lbtf.experiments import prepare, rundir, training
@@ -94,7 +94,9 @@ def measure_minimizers(cfg: Config, data, minimizers: list[dict], *, strategy=No
     with strategy.scope():
         # The trained network's layers (--bn_layer=none has no BN variables to load).
         model = training.model_builder(cfg, data)()
-        nets = {mode: measurement_model(model, mode) for mode in cfg.measure.bn_measure}
+        # Without a BN layer every --bn_measure mode is the same function: measure it once.
+        modes = cfg.measure.bn_measure if bn_layers(model) else cfg.measure.bn_measure[:1]
+        nets = {mode: measurement_model(model, mode) for mode in modes}
     x, y = subsample(data.x_train, data.y_train, cfg.measure.sharpness_examples or None, cfg.training.seed)
     objectives = {mode: Objective(net, x, y, loss=measurement_loss(cfg.measure.loss_clip),
                                   batch_size=measurement_chunk(cfg, mode),
