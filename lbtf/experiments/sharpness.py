@@ -2,12 +2,11 @@
 eigenvalues. `run` measures one --checkpoint; `measure_minimizers` serves table2.
 
 Paper artifact -> flags/table2_<net>.flags (or --experiment=sharpness) -> this module ->
-lbtf.sharpness.sharpness_at, lbtf.hessian.top_eigenvalues_at.
+lbtf.measurement (every measure), lbtf.sharpness, lbtf.hessian.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 
@@ -15,15 +14,14 @@ import pandas as pd
 import tensorflow as tf
 
 from lbtf import report
-from lbtf.bn import bn_layers, measurement_model, rescale_into_bn
+from lbtf.bn import rescale_into_bn
 from lbtf.checkpoints import checkpoint_at, load_weights
 from lbtf.errors import UsageError
 from lbtf.experiments import prepare, rundir, training
 from lbtf.experiments.config import Config
-from lbtf.hessian import EIGEN_METHOD, top_eigenvalues_at
-from lbtf.measures import average_sharpness, hutchinson_trace, pacbayes_flatness
-from lbtf.objective import Objective, flat_weights, measurement_loss, subsample
-from lbtf.sharpness import SUBSPACE_METHOD, Subspace, sharpness_at
+from lbtf.hessian import EIGEN_METHOD
+from lbtf.measurement import Measurer, MeasureSettings
+from lbtf.sharpness import SUBSPACE_METHOD
 
 
 def resolve_checkpoint(path: str | None) -> str:
@@ -46,7 +44,8 @@ def resolve_checkpoint(path: str | None) -> str:
 def measurement_chunk(cfg: Config, mode: str) -> int:
     """Examples per evaluation chunk of a --bn_measure mode: with batch statistics the chunk is
     what BN normalises over (--bn_measure_chunk); with moving statistics only a memory bound."""
-    return cfg.measure.bn_measure_chunk if mode == "batch" else cfg.training.eval_batch_size
+    s = settings(cfg)
+    return s.bn_chunk if mode == "batch" else s.eval_batch_size
 
 
 # How a measurement is computed beyond the flags: stored with every cached minimiser's rows, so a
@@ -77,41 +76,42 @@ def primary_sharpness(found: pd.DataFrame, bn_measure: tuple[str, ...]) -> pd.Da
     return sharp[sharp.bn == bn_measure[0]] if "bn" in sharp else sharp
 
 
+def settings(cfg: Config) -> MeasureSettings:
+    """The measurement settings of the flags: the one place --epsilons, --measures, ... become
+    lbtf.measurement's plain settings (which have the flags' defaults)."""
+    m, t = cfg.measure, cfg.training
+    return MeasureSettings(
+        measures=tuple(m.measures), epsilons=tuple(float(e) for e in m.epsilons),
+        subspace_dim=m.subspace_dim, maxiter=m.sharpness_maxiter, starts=m.sharpness_starts,
+        bn_modes=tuple(m.bn_measure), bn_chunk=m.bn_measure_chunk, eval_batch_size=t.eval_batch_size,
+        loss_clip=m.loss_clip, hessian_k=m.hessian_k, average_sigma=m.average_sigma,
+        samples=m.measure_samples, pacbayes_target=m.pacbayes_target, pacbayes_eps=m.pacbayes_eps,
+        examples=m.sharpness_examples, subspace_memory_mb=m.subspace_memory_mb, seed=t.seed,
+        jit_compile=t.jit_compile)
+
+
 def measure_minimizers(cfg: Config, data, minimizers: list[dict], *, strategy=None, log=print,
                        cache_dir: Path | None = None,
                        rescaled: list | None = None) -> pd.DataFrame:
-    """Full-space and subspace sharpness at every eps, and the top Hessian eigenvalues, of every
-    minimiser (dicts with a 'checkpoint' and label fields), under every --measure_bn mode. One row
-    per measurement, labelled with its BN mode ("bn") and loss clip ("loss_clip").
+    """Every measure of --measures at every minimiser (dicts with a 'checkpoint' and label
+    fields), under every --bn_measure mode: one row per measurement, labelled with its BN mode
+    ("bn") and loss clip ("loss_clip").
 
     One network, one objective per BN mode (compiled once) and one random subspace A serve every
-    minimiser, so their values are comparable and the cost is that of the measurements alone.
-    With `cache_dir`, each minimiser's measurements are kept there and skipped when the run is
-    started again. The rows after --rescale_check's rescaling are left out, and appended to
-    `rescaled` when given.
+    minimiser (lbtf.measurement.Measurer), so their values are comparable and the cost is that of
+    the measurements alone. With `cache_dir`, each minimiser's measurements are kept there and
+    skipped when the run is started again. The rows after --rescale_check's rescaling are left
+    out, and appended to `rescaled` when given.
     """
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         # The trained network's layers (--bn_layer=none has no BN variables to load).
         model = training.model_builder(cfg, data)()
-        # Without a BN layer every --bn_measure mode is the same function: measure it once.
-        modes = cfg.measure.bn_measure if bn_layers(model) else cfg.measure.bn_measure[:1]
-        nets = {mode: measurement_model(model, mode) for mode in modes}
-    x, y = subsample(data.x_train, data.y_train, cfg.measure.sharpness_examples or None, cfg.training.seed)
-    objectives = {mode: Objective(net, x, y, loss=measurement_loss(cfg.measure.loss_clip),
-                                  batch_size=measurement_chunk(cfg, mode),
-                                  jit_compile=cfg.training.jit_compile,
-                                  strategy=strategy)
-                  for mode, net in nets.items()}
-    size = next(iter(objectives.values())).size
-    m = cfg.measure
-    subspace = (Subspace(size, m.subspace_dim, seed=cfg.training.seed,
-                         memory_budget_mb=m.subspace_memory_mb) if m.subspace_dim else None)
+    measurer = Measurer(model, data.x_train, data.y_train, settings(cfg), strategy=strategy)
     rows = []
     for m in minimizers:
         labels = {k: v for k, v in m.items() if k != "checkpoint"}
-        measure = functools.partial(_measure_one, cfg, model, objectives, subspace,
-                                    m["checkpoint"], labels, log)
+        measure = functools.partial(_measure_one, cfg, measurer, m["checkpoint"], labels, log)
         if cache_dir is None:
             rows += measure()["rows"]
         else:
@@ -123,79 +123,17 @@ def measure_minimizers(cfg: Config, data, minimizers: list[dict], *, strategy=No
     return pd.DataFrame([r for r in rows if r.get("rescale", 1.0) == 1.0])
 
 
-def _measure_one(cfg: Config, model, objectives: dict, subspace, checkpoint: str, labels: dict,
-                 log) -> dict:
+def _measure_one(cfg: Config, measurer: Measurer, checkpoint: str, labels: dict, log) -> dict:
     """Every measure at one checkpoint; with --rescale_check=a, again after rescaling the weights
     that feed BN by a (rows labelled `rescale`: 1 for the checkpoint as trained)."""
-    load_weights(model, checkpoint, cfg.model.network)
-    rows = _measure_at(cfg, objectives, subspace, flat_weights(model), {**labels, "rescale": 1.0},
-                       log)
+    load_weights(measurer.model, checkpoint, cfg.model.network)
+    rows = measurer.measure({**labels, "rescale": 1.0}, log)
     a = cfg.measure.rescale_check
     if a:
-        rescaled = rescale_into_bn(model, a)
+        rescaled = rescale_into_bn(measurer.model, a)
         log(f"  rescale check: {', '.join(rescaled) or 'no layer feeds BN'} x {a:g}")
-        rows += _measure_at(cfg, objectives, subspace, flat_weights(model),
-                            {**labels, "rescale": a}, log)
+        rows += measurer.measure({**labels, "rescale": a}, log)
     return {"rows": rows}
-
-
-def _measure_at(cfg: Config, objectives: dict, subspace, minimizer, labels: dict, log) -> list:
-    spaces = [("full", None, None)]
-    if subspace is not None:
-        spaces.append(("subspace", subspace, subspace.pinv_apply(minimizer)))
-    rows = []
-    boxes = {"keskar": ("sharpness", 1.0), "adaptive": ("adaptive", 0.0)}
-    for mode, objective in objectives.items():
-        how = {"bn": mode, "loss_clip": cfg.measure.loss_clip,
-               "bn_chunk": objective.batch_size if mode == "batch" else None}
-        for name, (measure, eta) in boxes.items():
-            if name not in cfg.measure.measures:
-                continue
-            for eps in (float(e) for e in cfg.measure.epsilons):
-                for space, sub, center in spaces:
-                    r = sharpness_at(objective, minimizer, epsilon=eps, subspace=sub, center=center,
-                                     maxiter=cfg.measure.sharpness_maxiter,
-                                     starts=cfg.measure.sharpness_starts, seed=cfg.training.seed,
-                                     eta=eta)
-                    rows.append({**labels, "measure": measure, "space": space, **how,
-                                 **dataclasses.asdict(r)})
-                    log(f"  {measure:9s} {labels} {mode:6s} BN {space:8s} eps={eps:g}: "
-                        f"{r.value:10.4f}  (f {r.f_x:.3g} -> {r.f_max:.3g}, {r.nit} it, "
-                        f"{r.nfev} evals, {r.seconds:.1f}s; {r.message}"
-                        + ("; STOPPED BEFORE ITS FIRST ITERATION" if r.stopped_at_start else "")
-                        + ")")
-        rows += _monte_carlo_rows(cfg, objective, minimizer, {**labels, **how}, log)
-        k = max(cfg.measure.hessian_k, int("hessian" in cfg.measure.measures))
-        if k:
-            e = top_eigenvalues_at(objective, minimizer, k=k, seed=cfg.training.seed)
-            rows.append({**labels, "measure": "hessian", "space": "full", **how,
-                         "value": e.eigenvalues[0], "eigenvalues": e.eigenvalues,
-                         "nfev": e.num_hvp, "num_examples": e.num_examples})
-            log(f"  hessian   {labels} {mode:6s} BN top eigenvalues "
-                f"{[round(v, 4) for v in e.eigenvalues]}")
-    return rows
-
-
-def _monte_carlo_rows(cfg: Config, objective, minimizer, labels: dict, log) -> list[dict]:
-    """The seeded Monte-Carlo measures of --measures (average, pacbayes, trace) at one minimiser."""
-    m, seed, rows = cfg.measure, cfg.training.seed, []
-    if "average" in m.measures:
-        e = average_sharpness(objective, minimizer, sigma=m.average_sigma,
-                              samples=m.measure_samples, seed=seed)
-        rows.append({**labels, "measure": "average", "space": "full", "sigma": m.average_sigma,
-                     **dataclasses.asdict(e)})
-    if "pacbayes" in m.measures:
-        p = pacbayes_flatness(objective, minimizer, target=m.pacbayes_target,
-                              eps_floor=m.pacbayes_eps, samples=m.measure_samples, seed=seed)
-        rows.append({**labels, "measure": "pacbayes", "space": "full", **dataclasses.asdict(p)})
-    if "trace" in m.measures:
-        t = hutchinson_trace(objective, minimizer, samples=m.measure_samples, seed=seed)
-        rows.append({**labels, "measure": "trace", "space": "full", **dataclasses.asdict(t)})
-    for r in rows:
-        log(f"  {r['measure']:9s} {labels.get('trial', '')} {labels.get('regime', '')} "
-            f"{labels['bn']:6s} BN: {r['value']:.6g}"
-            + (f" ± {r['stderr']:.2g}" if "stderr" in r else f" (sigma' {r['sigma']:.4g})"))
-    return rows
 
 
 def run(cfg: Config, log=print):
