@@ -1,23 +1,18 @@
 """lbtf.errors: a UsageError becomes one `error:` line and exit 2, a failed write one line with
-WRITE_FAILED_HINT and exit 1, through run_experiments.main as a user meets them; no traceback."""
+WRITE_FAILED_HINT and exit 1, through the command line's main (lbtf.experiments.entry, which
+run_experiments.py and `python -m lbtf` call) as a user meets them; no traceback."""
 
 import errno
 import importlib
-import sys
 import types
 
 import pytest
-from conftest import REPO
 
 from lbtf.errors import WRITE_FAILED_HINT, UsageError
 
 
 def _main_with(monkeypatch, raised: Exception):
-    sys.path.insert(0, str(REPO))
-    try:
-        entry = importlib.import_module("run_experiments")
-    finally:
-        sys.path.remove(str(REPO))
+    entry = importlib.import_module("lbtf.experiments.entry")
     fake = types.SimpleNamespace(run=lambda config: (_ for _ in ()).throw(raised))
     monkeypatch.setattr(entry.importlib, "import_module", lambda name: fake)
     from lbtf.experiments.flags import parse
