@@ -1,6 +1,7 @@
 """Cost of each sharpness measure of --measures against Metric 2.1's, on F1 with MNIST-shaped
 synthetic data (4000 x 784) at one point, in one run: each measure's wall time in units of one
-bare full-data loss+gradient pass timed in the same round (its passes counted beside it), the
+bare full-data loss+gradient pass timed in the same round (its forward passes, loss+gradient
+passes and Hessian-vector products counted beside it), the
 rounds alternating so the host's drift falls on every side alike. No targets: the figures say what
 a measure costs, so a study can choose its --measure_samples.
 """
@@ -26,10 +27,16 @@ from lbtf.sharpness import sharpness_at  # noqa: E402
 
 
 class Counted:
-    """An Objective counting its loss+gradient passes and Hessian-vector products."""
+    """An Objective counting its forward passes, loss+gradient passes and Hessian-vector
+    products."""
 
     def __init__(self, objective: Objective):
-        self.objective, self.n, self.passes, self.hvps = objective, objective.n, 0, 0
+        self.objective, self.n = objective, objective.n
+        self.forwards = self.passes = self.hvps = 0
+
+    def value(self, w):
+        self.forwards += 1
+        return self.objective.value(w)
 
     def value_and_gradient(self, w):
         self.passes += 1
@@ -53,6 +60,7 @@ def main() -> None:
     objective = Objective(model, data.x_train, data.y_train, batch_size=4096)
     x = flat_weights(model)
     objective.value_and_gradient(x)  # traced
+    objective.value(x)
     objective.hessian_vector_product(x, np.ones_like(x))
     s = args.samples
     measures = {
@@ -69,7 +77,7 @@ def main() -> None:
         def go():
             counted = Counted(objective)
             measures[name](counted)
-            counts[name] = (counted.passes, counted.hvps)
+            counts[name] = (counted.forwards, counted.passes, counted.hvps)
         return go
 
     sides = {"bare pass": lambda: objective.value_and_gradient(x), **{k: run(k) for k in measures}}
@@ -77,9 +85,11 @@ def main() -> None:
     rows = []
     for name in measures:
         cell, _ = ratio_cell(per_round(seconds[name], seconds["bare pass"]), [1.0])
-        passes, hvps = counts[name]
-        rows.append((f"{name}: {passes} passes, {hvps} Hessian-vector products", cell, "-", None))
-        print(f"{name:40s} {np.median(seconds[name]):7.2f} s  {passes} passes {hvps} hvps")
+        forwards, passes, hvps = counts[name]
+        rows.append((f"{name}: {forwards} forward, {passes} loss+gradient passes, {hvps} "
+                     "Hessian-vector products", cell, "-", None))
+        print(f"{name:40s} {np.median(seconds[name]):7.2f} s  {forwards} forward {passes} passes "
+              f"{hvps} hvps")
     print(f"bare pass {1e3 * np.median(seconds['bare pass']):.0f} ms ({time.strftime('%H:%M')})")
     summary(rows)
 

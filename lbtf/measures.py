@@ -1,5 +1,5 @@
 """Sharpness measures beside Metric 2.1, at flat weights x of any objective with
-`value_and_gradient(w)` and `hessian_vector_product(w, v)` (lbtf.objective.Objective, or a test's
+`value(w)`, `value_and_gradient(w)` and `hessian_vector_product(w, v)` (lbtf.objective.Objective, or a test's
 quadratic): they know nothing of how x was trained.
 
 - adaptive worst-case sharpness (Kwon et al. 2021; Andriushchenko et al. 2023): Metric 2.1's
@@ -24,6 +24,8 @@ import numpy as np
 
 
 class Function(Protocol):
+    def value(self, w: np.ndarray) -> float: ...
+
     def value_and_gradient(self, w: np.ndarray) -> tuple[float, np.ndarray]: ...
 
     def hessian_vector_product(self, w: np.ndarray, v: np.ndarray) -> np.ndarray: ...
@@ -55,9 +57,9 @@ def average_sharpness(fn: Function, x: np.ndarray, *, sigma: float, samples: int
                       seed: int = 0) -> Estimate:
     """E[f(x + d)] - f(x), d_i ~ N(0, (sigma |x_i|)^2): the mean over `samples` seeded draws and its
     standard error. On a quadratic 1/2 w^T H w + g^T w it is 1/2 sigma^2 sum_i H_ii x_i^2."""
-    f_x = fn.value_and_gradient(x)[0]
+    f_x = fn.value(x)
     scale = sigma * np.abs(x)
-    rises = [fn.value_and_gradient(x + scale * z)[0] - f_x
+    rises = [fn.value(x + scale * z) - f_x
              for z in _normal_draws(x.size, samples, seed)]
     value, stderr = _mean_and_stderr(rises)
     return Estimate(value, stderr, samples, seed, f_x)
@@ -72,7 +74,7 @@ def hutchinson_trace(fn: Function, x: np.ndarray, *, samples: int = 20, seed: in
         v = gen.integers(0, 2, x.size).astype(np.float64) * 2 - 1
         quads.append(float(v @ fn.hessian_vector_product(x, v)))
     value, stderr = _mean_and_stderr(quads)
-    return Estimate(value, stderr, samples, seed, fn.value_and_gradient(x)[0])
+    return Estimate(value, stderr, samples, seed, fn.value(x))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +97,7 @@ def _mean_rise(fn: Function, x: np.ndarray, f_x: float, sigma: float, eps_floor:
     """The mean rise of f under the seeded draws scaled to sigma (drawn again, not held: n may be
     millions)."""
     scale = np.sqrt((sigma * x) ** 2 + eps_floor ** 2)
-    return float(np.mean([fn.value_and_gradient(x + scale * z)[0] - f_x
+    return float(np.mean([fn.value(x + scale * z) - f_x
                           for z in _normal_draws(x.size, samples, seed)]))
 
 
@@ -106,7 +108,7 @@ def pacbayes_flatness(fn: Function, x: np.ndarray, *, target: float = 0.1, eps_f
     variance sigma'^2 x_i^2 + eps'^2 (the same seeded draws at every sigma', so the search sees one
     function), by `steps` bisections (Jiang et al.: 15); 1 / sigma'^2 is the measure. On a
     quadratic the rise is 1/2 sum_i H_ii (sigma'^2 x_i^2 + eps'^2)."""
-    f_x = fn.value_and_gradient(x)[0]
+    f_x = fn.value(x)
 
     def rise(sigma: float) -> float:
         return _mean_rise(fn, x, f_x, sigma, eps_floor, samples=samples, seed=seed)

@@ -16,8 +16,11 @@ class Quadratic:
     def __init__(self, h: np.ndarray, g: np.ndarray):
         self.h, self.g = h, g
 
+    def value(self, w):
+        return float(0.5 * w @ self.h @ w + self.g @ w)
+
     def value_and_gradient(self, w):
-        return float(0.5 * w @ self.h @ w + self.g @ w), self.h @ w + self.g
+        return self.value(w), self.h @ w + self.g
 
     def hessian_vector_product(self, w, v):
         return self.h @ v

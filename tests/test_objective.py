@@ -58,9 +58,11 @@ def test_objective_gradient_matches_a_numpy_derivation():
     rng = np.random.default_rng(2)
     bn.moving_mean.assign(rng.normal(size=8).astype(np.float32))
     bn.moving_variance.assign(rng.uniform(0.5, 2.0, size=8).astype(np.float32))
-    f, g = Objective(model, x, y, batch_size=16).value_and_gradient(flat_weights(model))
+    objective = Objective(model, x, y, batch_size=16)
+    f, g = objective.value_and_gradient(flat_weights(model))
     f_ref, g_ref = _numpy_value_and_gradient(model, x, y)
     assert f == pytest.approx(f_ref, rel=1e-6)
+    assert objective.value(flat_weights(model)) == pytest.approx(f_ref, rel=1e-6)  # forward only
     np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-7)
 
 
