@@ -21,10 +21,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) run_experiments.py
 
-# The README's Results section from a finished demo run (default: the newest table2 run folder).
+# The generated blocks (README Results, docs/results.md, docs/study.md) from a finished run
+# (default: the newest table2 run folder).
 RUN ?= $(shell ls -dt outputs/table2_*/ 2>/dev/null | head -n 1)
 results: $(STAMP)
-	$(PY) -m lbtf.readme $(RUN)
+	$(PY) tools/readme.py $(RUN)
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,5 +1,5 @@
-"""lbtf.readme: the README's Results section is what the recorded demo run renders to, and its
-claims follow the numbers."""
+"""tools/readme.py: the README's Results block and docs/results.md's Hoffer block are what the
+recorded runs render to, their claims follow the numbers, and recorded files name no machine."""
 
 import json
 from pathlib import Path
@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lbtf import readme
 from lbtf.errors import UsageError
+from tools import readme
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_update_refuses_an_unfinished_run_and_leaves_the_readme(tmp_path):
     page = tmp_path / "README.md"
     page.write_text(f"intro\n{readme.BEGIN}\nold\n{readme.END}\nrest\n")
     with pytest.raises(UsageError, match="results.json not found"):
-        readme.update(page, tmp_path / "no_run", tmp_path)
+        readme.update(tmp_path, tmp_path / "no_run")
     assert "old" in page.read_text()
 
 
@@ -84,15 +84,17 @@ def test_hoffer_claim_gives_the_gap_and_the_share_each_column_closes():
 
 
 def test_readme_hoffer_block_is_the_recorded_twins_rendered():
-    """README.md's Hoffer block is exactly what the recorded runs (docs/hoffer_*.json) render to."""
-    text = (ROOT / "README.md").read_text()
+    """docs/results.md's Hoffer block is exactly what the recorded runs (docs/hoffer_*.json) render
+    to."""
+    text = (ROOT / "docs" / "results.md").read_text()
     block = text.split(readme.HOFFER_BEGIN, 1)[1].split(readme.HOFFER_END, 1)[0].strip()
     assert block == readme.hoffer_block(ROOT / "docs")
     assert block.count("**") >= 2  # at least one twin recorded
 
 
 def test_update_hoffer_records_a_run_and_rewrites_only_its_block(tmp_path):
-    page = tmp_path / "README.md"
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "results.md"
     page.write_text(f"a\n{readme.BEGIN}\nkeep\n{readme.END}\n{readme.HOFFER_BEGIN}\nold\n"
                     f"{readme.HOFFER_END}\nb\n")
     run = tmp_path / "run"
@@ -102,13 +104,23 @@ def test_update_hoffer_records_a_run_and_rewrites_only_its_block(tmp_path):
                                                                    98.53]],
                "runs": hoffer_runs({"SB": [73.0, 75.0], "LB": [61.0, 61.0], "+LR": [67.0, 67.0],
                                     "+GBN": [71.0, 71.0], "+RA": [76.0, 76.0]})}
+    results["runs"][0]["checkpoint"] = "/scratch/me/outputs/h/checkpoints/trial0_SB/weights-10"
     (run / "results.json").write_text(json.dumps(results))
-    readme.update(page, run, tmp_path)
+    assert readme.update(tmp_path, run) == "docs/results.md"
     text = page.read_text()
-    assert "keep" in text and "old" not in text and (tmp_path / "hoffer_F1.json").is_file()
+    recorded = json.loads((tmp_path / "docs" / "hoffer_F1.json").read_text())
+    assert "keep" in text and "old" not in text
+    assert recorded["runs"][0]["checkpoint"] == "checkpoints/trial0_SB/weights-10"
     cells = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[2:-1]]
              for ln in text.splitlines() if ln.startswith("| ")}
     assert cells["test"] == ["74.00 ± 1.41", "61.00 ± 0.00", "67.00 ± 0.00", "71.00 ± 0.00",
                              "76.00 ± 0.00"]
     assert cells["paper (MNIST, test)"] == ["98.27", "97.05", "97.55", "97.60", "98.53"]
     assert "SB 32, LB 1024, 2 trials; 10 epochs (320 in +RA); 5.0 min of training" in text
+
+
+def test_recorded_files_name_no_machine_path():
+    """Every recorded run in docs/ keeps its checkpoint paths inside its run folder."""
+    for file in (ROOT / "docs").glob("*.json"):
+        text = file.read_text().replace('"/device:', '"device:')  # device names are not paths
+        assert '"/' not in text and '"outputs/' not in text and "/tmp/" not in text, file.name
