@@ -6,6 +6,8 @@ The paper trains every batch size for 100 epochs (--max_epochs=100 with --patien
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 
 from lbtf import figures, report, study
@@ -14,6 +16,7 @@ from lbtf.experiments.config import Config
 
 
 def run(cfg: Config, log=print):
+    started = time.perf_counter()
     data, strategy, resolved = prepare.prepare(cfg, {s: s for s in cfg.experiment.batch_sizes})
     batches = {f"B{b}": b for b in sorted(set(resolved.values()))}
     run_dir = rundir.start_run(cfg, "batch_sweep", strategy)
@@ -50,7 +53,9 @@ def run(cfg: Config, log=print):
         f"at most {cfg.training.max_epochs} epochs (patience {cfg.training.patience}). Accuracy in percent.",
         table, figures.save(fig, run_dir, "figure4_batch_sweep", caption=caption, writer=writer),
         *tracking, "## Runs", report.runs_markdown(all_runs)])
-    results = {"experiment": "batch_sweep", "network": cfg.model.network, "dataset": data.name,
+    results = {"experiment": "batch_sweep", "seconds": time.perf_counter() - started,
+               "network": cfg.model.network, "dataset": data.name, "bn_layer": cfg.model.bn_layer,
+               "run_name": run_dir.name,
                "batch_sizes": list(batches.values()),
                "environment": rundir.environment(strategy),
                "measurement": sharpness.measurement_record(cfg),
