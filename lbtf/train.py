@@ -1,11 +1,14 @@
-"""The training engine: SB / LB Adam runs with a custom loop under tf.distribute.
+"""The training engine: SB / LB runs with a custom loop under tf.distribute, in three parts.
 
-A per-replica `step_fn` does one Adam step on the replica's share of a global batch; a
-`@tf.function` loop runs a whole epoch (or `steps_per_loop` steps) of them in-graph, compiled with
-XLA on a single replica. The data stays in memory as tensors, one copy on each replica's device
-shared by every trainer of the process (`distribute.place`), and batches are gathered in-graph from
-a seeded permutation, so no input pipeline sits between steps and no step copies data between
-devices.
+- the step and its remedies (`lbtf.step.TrainStep`): a per-replica `step_fn` makes one optimizer
+  step on the replica's share of a global batch; a `@tf.function` loop runs a whole epoch (or
+  `steps_per_loop` steps) of them in-graph, XLA-compiled on a single replica;
+- evaluation and its BN statistics (`lbtf.evaluation.Evaluator`);
+- here, the `Trainer` that owns the model, optimizer and state, and `fit`, the controller: epochs,
+  the stopping rule, checkpoints, resuming and summaries.
+The data stays in memory as tensors, one copy on each replica's device shared by every trainer of
+the process (`distribute.place`), and batches are gathered in-graph from a seeded permutation, so
+no input pipeline sits between steps and no step copies data between devices.
 """
 
 from __future__ import annotations
@@ -20,16 +23,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lbtf import augment, remedies
-from lbtf.bn import BatchNormEstimator, bn_layers, population_pass
+from lbtf.bn import bn_layers
 from lbtf.checkpoints import Checkpoints, keep_weights, restore_weights  # noqa: F401
 from lbtf.choices import parse_batch_size, resolve_batch_size  # noqa: F401  (re-exported)
 from lbtf.data import Dataset
-from lbtf.distribute import from_chief, local_copy, place, shared, split_columns, worker
-from lbtf.objective import EvalSet, make_evaluator, use_xla
-from lbtf.objective import default_loss as per_example_loss
-from lbtf.optim import global_gradients, learning_rate_schedule, make_optimizer
+from lbtf.distribute import from_chief, place, split_columns, worker
+from lbtf.evaluation import Evaluator
+from lbtf.objective import use_xla
+from lbtf.optim import learning_rate_schedule, make_optimizer
 from lbtf.remedies import Remedies
+from lbtf.step import TrainStep
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -106,14 +109,15 @@ def epoch_indices(rng: np.random.Generator, n: int, batch_size: int) -> np.ndarr
 
 
 class Trainer:
-    """Owns a model, its Adam optimizer and the compiled training loop, under one strategy."""
+    """A model, its optimizer and its state under one strategy, composed of the training step
+    (`lbtf.step.TrainStep`: the step, its remedies and the compiled loop) and the evaluation
+    (`lbtf.evaluation.Evaluator`: whole-split metrics and the BN statistics they use); `fit`
+    drives it. One compiled trainer per batch size serves every trial (`reset`)."""
 
     def __init__(self, build: Callable[[], keras.Model], data: Dataset, config: TrainConfig, *,
                  strategy: tf.distribute.Strategy | None = None):
         self.strategy = strategy or tf.distribute.get_strategy()
-        self.config = config
-        self.data = data
-        remedy = config.remedies
+        self.config, self.data = config, data
         with self.strategy.scope():
             self.model = build()
             self.optimizer = make_optimizer(config.optimizer, self._learning_rate(),
@@ -121,53 +125,24 @@ class Trainer:
             # Slots must exist before the first traced step: created lazily inside a graph, they
             # break under MirroredStrategy.
             self.optimizer.build(self.model.trainable_variables)
-            self._anchors = ([tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
-                             if remedy.conservative_lambda else [])
-            # In the scope: each replica advances its own copy of the seeds, in lockstep.
-            self._augment = augment.pipeline(keskar=remedy.augment, seed=config.seed,
-                                             crop_flip_pad=config.crop_flip_pad)
         self.xla = xla = use_xla(self.model, requested=config.jit_compile,
                                  replicas=self.strategy.num_replicas_in_sync)
+        self.step = TrainStep(self.model, self.optimizer, batch_size=config.batch_size,
+                              remedy=config.remedies, weight_decay=config.weight_decay,
+                              crop_flip_pad=config.crop_flip_pad, seed=config.seed,
+                              strategy=self.strategy, xla=xla)
         # w_0 of ||w_t - w_0||, kept as variables so a resumed run measures from the same start.
         self._w0 = [tf.Variable(v, trainable=False) for v in self.model.trainable_variables]
-        # BN moving statistics, kept by SAM's second pass.
-        self._bn_stats = [v for lay in bn_layers(self.model)
-                          for v in (lay.moving_mean, lay.moving_variance)]
         self._fresh_optimizer = [v.numpy() for v in self.optimizer.variables]
-        self._fresh_augment = [v.numpy() for v in self._augment_variables()]
+        self._fresh_augment = [v.numpy() for v in self.step.augment_variables()]
         self.stream = 0
         self._x = place(self.strategy, data.x_train)
         self._y = place(self.strategy, data.y_train)
-        # Appendix E's image transforms have no XLA kernel: such training runs as a plain graph.
-        self._loop = tf.function(self._run_steps,
-                                 jit_compile=xla and augment.jit_compatible(self._augment))
-        self.evaluate = make_evaluator(self.model, xla, strategy=self.strategy)
-        # One evaluation copy of each split for every trainer of the process (see `shared`).
-        self.eval_sets = {split: shared(x, ("eval", config.eval_batch_size),
-                                        lambda x=x, y=y: EvalSet(x, y, config.eval_batch_size))
-                          for split, x, y in (("train", data.x_train, data.y_train),
-                                              ("test", data.x_test, data.y_test))}
-        self._population = None
-        if config.bn_eval == "recompute":
-            with self.strategy.scope():
-                self._population = population_pass(
-                    self.model, local_copy(self.strategy, self._x),
-                    local_copy(self.strategy, self._y), loss=per_example_loss, jit_compile=xla)
-        self._bn_estimator = None if self._population else self._make_bn_estimator(xla)
+        self.evaluator = Evaluator(self.model, data, bn_eval=config.bn_eval,
+                                   bn_eval_examples=config.bn_eval_examples,
+                                   eval_batch_size=config.eval_batch_size, seed=config.seed,
+                                   strategy=self.strategy, x=self._x, y=self._y, xla=xla)
         self._start_diffusion()
-
-    def _make_bn_estimator(self, jit_compile: bool):
-        cfg = self.config
-        if cfg.bn_eval == "moving" or not bn_layers(self.model):
-            return None
-        if cfg.bn_eval != "recompute":
-            raise ValueError(f"bn_eval must be 'recompute' or 'moving', not {cfg.bn_eval!r}")
-        x = self.data.x_train
-        if cfg.bn_eval_examples and cfg.bn_eval_examples < len(x):
-            keep = np.random.default_rng(cfg.seed).permutation(len(x))[:cfg.bn_eval_examples]
-            x = x[np.sort(keep)]
-        return BatchNormEstimator(self.model, x, batch_size=cfg.eval_batch_size,
-                                  jit_compile=jit_compile)
 
     def _learning_rate(self):
         """The constant learning rate, or a step schedule over optimizer iterations (conservative
@@ -191,7 +166,7 @@ class Trainer:
         which `tf.train.Checkpoint(model=...)` does not save)."""
         weights = {id(v) for v in self.model.weights}
         seeds = [v for v in self.model.variables if id(v) not in weights]
-        seeds += list(self._augment.variables) if self._augment is not None else []
+        seeds += self.step.augment_variables()
         return {"model": self.model, "optimizer": self.optimizer, "start": self._w0,
                 "seeds": seeds}
 
@@ -204,92 +179,31 @@ class Trainer:
 
     def reset(self, variables: Sequence[np.ndarray], *, stream: int = 0) -> None:
         """Restarts from the given model variables (weights, BN statistics, dropout RNG state, in
-        `model.variables` order) with a fresh Adam state, reusing the compiled loop. The
+        `model.variables` order) with a fresh optimizer state, reusing the compiled loop. The
         augmentation seeds restart too, on their `stream`-th sequence (a trial's own, whatever
         ran before it in this process)."""
         for v, value in zip(self.model.variables, variables, strict=True):
             v.assign(value)
         for v, value in zip(self.optimizer.variables, self._fresh_optimizer, strict=True):
             v.assign(value)
-        for v, value in zip(self._augment_variables(), self._fresh_augment, strict=True):
+        for v, value in zip(self.step.augment_variables(), self._fresh_augment, strict=True):
             v.assign(value + np.array([stream, 0], value.dtype))
         self.stream = stream
         self._start_diffusion()
 
-    def _augment_variables(self) -> list:
-        return list(self._augment.variables) if self._augment is not None else []
-
-    def _loss(self, xb, yb, training: bool = True) -> tf.Tensor:
-        # Divide this replica's summed loss by the GLOBAL batch: the optimizer sums gradients over
-        # replicas, so the update equals the one-device mean-loss gradient at any replica count.
-        probs, smoothing = self.model(xb, training=training), self.config.remedies.label_smoothing
-        per_example = (remedies.smoothed_cross_entropy(yb, probs, smoothing) if smoothing
-                       else per_example_loss(yb, probs))
-        loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.config.batch_size)
-        if self.model.losses:
-            loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
-        return loss
-
-    def _gradients(self, xb, yb) -> tuple[list, tf.Tensor]:
-        """Gradients of the (replica's share of the) loss; with FGSM, of the mean of the clean and
-        adversarial losses (Goodfellow et al.), the adversarial batch built from this pass."""
-        variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            with tf.GradientTape() as input_tape:
-                input_tape.watch(xb)
-                loss = self._loss(xb, yb)
-            if self.config.remedies.fgsm_epsilon:
-                x_adv = remedies.fgsm_examples(xb, input_tape.gradient(loss, xb),
-                                               self.config.remedies.fgsm_epsilon)
-                loss = 0.5 * (loss + self._loss(x_adv, yb))
-            if self._anchors:
-                loss += tf.nn.scale_regularization_loss(remedies.proximal_term(
-                    variables, self._anchors, self.config.remedies.conservative_lambda))
-        return tape.gradient(loss, variables), loss
-
-    def _step_fn(self, x: tf.Tensor, y: tf.Tensor, idx: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
-        """One optimizer step on this replica's examples idx[i] of its copy of the training set
-        (conservative training: one proximal subproblem, `conservative_steps` Adam steps on the
-        same batch)."""
-        ids = idx[i]
-        xb, yb = tf.gather(x, ids), tf.gather(y, ids)
-        if self._augment is not None:
-            xb = self._augment(xb, training=True)
-        variables = self.model.trainable_variables
-        if self._anchors:  # x_k of the proximal subproblem
-            for a, v in zip(self._anchors, variables, strict=True):
-                a.assign(v)
-        first = None
-        for _ in range(self.config.remedies.conservative_steps if self._anchors else 1):
-            grads, loss = self._gradients(xb, yb)
-            if self.config.remedies.sam_rho:
-                grads = remedies.sam_gradients(lambda: self._loss(xb, yb), grads,
-                                               self.model.trainable_variables, self._bn_stats,
-                                               self.config.remedies.sam_rho)
-            grads = global_gradients(grads, variables, clip_norm=self.config.remedies.clip_norm,
-                                     weight_decay=self.config.weight_decay)
-            self.optimizer.apply_gradients(zip(grads, variables, strict=True))
-            first = loss if first is None else first
-        return first
-
-    def _run_steps(self, x, y, idx, steps: int) -> tf.Tensor:
-        total = tf.constant(0.0)
-        for i in tf.range(steps):
-            loss = self.strategy.run(self._step_fn, args=(x, y, idx, i))
-            total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-        return total
-
     def train_epoch(self, rng: np.random.Generator) -> tuple[float, int]:
         """One pass over a fresh permutation; returns the mean minibatch loss and the step count."""
         idx = epoch_indices(rng, self.data.num_train, self.config.batch_size)
-        chunk = self.config.remedies.diffusion_every or self.config.steps_per_loop or len(idx)
+        every = self.config.remedies.diffusion_every
+        chunk = every or self.config.steps_per_loop or len(idx)
         total = 0.0
         for s in range(0, len(idx), chunk):
             part = tf.constant(idx[s:s + chunk])
-            total += float(self._loop(self._x, self._y, split_columns(self.strategy, part),
-                                      int(part.shape[0])))
+            total += float(self.step.run_steps(self._x, self._y,
+                                               split_columns(self.strategy, part),
+                                               int(part.shape[0])))
             self._steps_done += int(part.shape[0])
-            if self.config.remedies.diffusion_every:
+            if every:
                 self.diffusion.append((self._steps_done, self.distance_from_start()))
         return total / max(len(idx), 1), len(idx)
 
@@ -320,28 +234,11 @@ class Trainer:
 
     @property
     def bn_eval_source(self) -> str:
-        """Where measurements take BN statistics from, in words (in every run's record)."""
-        if self._population is not None:
-            return "population statistics of the whole training set (one fused pass)"
-        if self._bn_estimator is not None:
-            return (f"re-estimated from {self._bn_estimator.n} training examples "
-                    f"(chunks of {self.config.eval_batch_size})")
-        return "moving averages" if bn_layers(self.model) else "no BN"
+        return self.evaluator.source
 
     def measure(self) -> dict:
-        """Training and test loss and accuracy over the whole splits, inference mode; with
-        bn_eval='recompute' the BN statistics are re-estimated first (and kept). When the
-        training set fits one batch (`lbtf.bn.population_pass`), the statistics and the
-        training-set metrics come from the same pass."""
-        out = {}
-        if self._population is not None:
-            out["train_loss"], out["train_acc"] = self._population()
-        elif self._bn_estimator is not None:
-            self._bn_estimator()
-        for split, es in self.eval_sets.items():
-            if f"{split}_loss" not in out:
-                out[f"{split}_loss"], out[f"{split}_acc"] = self.evaluate(es)
-        return out
+        """The evaluator's whole-split metrics (BN statistics re-estimated first, and kept)."""
+        return self.evaluator.measure()
 
 
 def _log_scalars(writer, row: dict, epoch: int) -> None:

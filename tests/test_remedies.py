@@ -75,7 +75,7 @@ def test_label_smoothing_matches_the_smoothed_targets_and_reaches_the_trainer():
     p = trainer.model(data.x_train).numpy().astype(np.float64)
     manual = np.mean([-((1 - s) * np.log(q[t]) + s / 3 * np.log(q).sum())
                       for q, t in zip(p, data.y_train, strict=True)])
-    assert float(trainer._loss(tf.constant(data.x_train), tf.constant(data.y_train))) == (
+    assert float(trainer.step.loss(tf.constant(data.x_train), tf.constant(data.y_train))) == (
         pytest.approx(manual, rel=1e-5))
 
 

@@ -4,6 +4,7 @@ measured at."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from lbtf import runs
 from lbtf.checkpoints import checkpoint_at, remove_resume
 from lbtf.distribute import describe, memory_statement
 from lbtf.experiments import sharding
-from lbtf.experiments.config import Config
+from lbtf.experiments.config import Config, field_group
 from lbtf.experiments.rundir import cached, summary_writer
 from lbtf.layers import norm_layer
 from lbtf.models import build_model
@@ -41,9 +42,16 @@ def model_builder(cfg: Config, data: data_lib.Dataset) -> Callable[[], keras.Mod
                              norm=norm)
 
 
+# The TrainConfig fields a regime derives (training_config); every other field is copied by name.
+DERIVED = {"batch_size", "max_epochs", "patience", "measure_every", "lr_milestones",
+           "learning_rate", "lr_values", "remedies"}
+
+
 def training_config(cfg: Config, batch: int, **fields) -> TrainConfig:
-    """The TrainConfig of a run at global batch `batch`, with cfg.remedies' learning-rate scaling
-    and regime adaptation applied; `fields` set TrainConfig fields."""
+    """The TrainConfig of a run at global batch `batch`: every TrainConfig field taken by name
+    from the Config group that holds it (no hand-kept list), except those a regime derives here:
+    the batch, and cfg.remedies' learning-rate scaling and regime adaptation applied to the rate,
+    the budget and the schedule. `fields` set TrainConfig fields."""
     t, r = cfg.training, cfg.remedies
     epochs, patience, milestones = t.max_epochs, t.patience, list(t.lr_milestones)
     every = t.measure_every
@@ -52,19 +60,17 @@ def training_config(cfg: Config, batch: int, **fields) -> TrainConfig:
         epochs, patience = adapted_epochs(epochs, batch, ref), adapted_epochs(patience, batch, ref)
         milestones = adapted_milestones(milestones, batch, ref)
         every = adapted_epochs(every, batch, ref)
+
     def scaled(lr: float) -> float:
         return scaled_learning_rate(lr, batch, reference=r.lr_reference_batch, rule=r.lr_scaling)
 
-    config = dict(
-        batch_size=batch, max_epochs=epochs, patience=patience, measure_every=every,
-        lr_milestones=tuple(milestones),
-        learning_rate=scaled(t.learning_rate), lr_values=tuple(scaled(v) for v in t.lr_values),
-        optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay,
-        crop_flip_pad=cfg.data.crop_flip_pad, lr_decay=t.lr_decay, min_delta=t.min_delta,
-        steps_per_loop=t.steps_per_loop, eval_batch_size=t.eval_batch_size, jit_compile=t.jit_compile,
-        checkpoint_every=t.checkpoint_every, resume_interval=t.resume_interval, seed=t.seed,
-        bn_eval=t.bn_eval, bn_eval_examples=t.bn_eval_examples, remedies=r)
-    return TrainConfig(**{**config, **fields})
+    derived = dict(batch_size=batch, max_epochs=epochs, patience=patience, measure_every=every,
+                   lr_milestones=tuple(milestones), learning_rate=scaled(t.learning_rate),
+                   lr_values=tuple(scaled(v) for v in t.lr_values), remedies=r)
+    assert set(derived) == DERIVED
+    copied = {f.name: getattr(getattr(cfg, field_group(f.name)), f.name)
+              for f in dataclasses.fields(TrainConfig) if f.name not in DERIVED}
+    return TrainConfig(**{**copied, **derived, **fields})
 
 
 def make_trainer(cfg: Config, data, strategy, batch: int, **fields) -> Trainer:
