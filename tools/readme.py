@@ -7,6 +7,9 @@ docs/, computed from recorded run folders so that they and the runs' reports can
   Results block of README.md (`render`);
 - a hoffer run: records it as docs/hoffer_<network>.json and rewrites the Hoffer block of
   docs/results.md from every such file (`render_hoffer`);
+- a table2 run of another network (a conv twin, one seed): records it as
+  docs/twin_<network>_seed<seed>.json and rewrites the twins block of docs/results.md
+  (tools/twins.py);
 - a batch_sweep run with every measure (the sharpness study): records it as docs/study_<name>.json
   and rewrites the study block of docs/study.md (tools/study.py).
 Recorded files keep checkpoint paths relative to their run folder, never the machine's.
@@ -290,6 +293,10 @@ def update(root: Path, run_dir: Path) -> str:
         return "docs/study.md"
     if kind != "table2":
         raise UsageError(f"{run_dir} is a {kind} run: pass a table2, hoffer or study run folder")
+    if results.get("network") != "F1":  # the demo is F1; any other table2 run is a conv twin
+        from tools import twins
+        twins.update(docs / "results.md", run_dir, results, docs)
+        return "docs/results.md"
     update_demo(root / "README.md", run_dir, results, docs)
     return "README.md"
 
