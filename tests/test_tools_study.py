@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pages import page_with_block
 
 from lbtf import study as stats
 from lbtf.errors import UsageError
@@ -81,11 +82,7 @@ def test_gap_claim_and_correlations_from_a_known_sweep():
 
 
 def test_update_records_the_run_and_refuses_one_without_measurements(tmp_path):
-    docs, run = tmp_path / "docs", tmp_path / "run"
-    docs.mkdir()
-    run.mkdir()
-    page = docs / "study.md"
-    page.write_text(f"intro\n{study.BEGIN}\nold\n{study.END}\nrest\n")
+    docs, run, page = page_with_block(tmp_path, "study.md", study.BEGIN, study.END)
     results = sweep({32: [1.0, 2.0, 3.0], 400: [5.0, 6.0, 7.0]})
     with pytest.raises(UsageError, match="did not finish"):
         study.update(page, run, results, docs)

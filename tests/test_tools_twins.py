@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pages import page_with_block
 
 from lbtf.errors import UsageError
 from tools import readme, twins
@@ -58,11 +59,7 @@ def test_verdict_counts_seeds_beyond_the_noise(tmp_path):
 
 
 def test_update_records_a_conv_table2_run_and_leaves_others(tmp_path):
-    docs, run = tmp_path / "docs", tmp_path / "run"
-    docs.mkdir()
-    run.mkdir()
-    page = docs / "results.md"
-    page.write_text(f"intro\n{twins.BEGIN}\nold\n{twins.END}\nrest\n")
+    docs, run, page = page_with_block(tmp_path, "results.md", twins.BEGIN, twins.END)
     results = twin(1000, [74.0, 76.0], [70.0, 70.0])
     (run / "results.json").write_text(json.dumps({**results, "measurements": []}))
     with pytest.raises(UsageError, match="without sharpness"):
