@@ -204,7 +204,8 @@ def measures_vs_gap(rows: pd.DataFrame, *, title: str, keys: list[tuple]) -> plt
     against the accuracy gap, coloured by the batch size (log scale)."""
     cols = min(3, len(keys))
     nrows = -(-len(keys) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False,
+                             layout="constrained")  # titles and labels clear of the next panel
     norm = matplotlib.colors.LogNorm(rows.batch_size.min(), max(rows.batch_size.max(), 2))
     for ax, key in zip(axes.ravel(), keys, strict=False):
         g = rows[(rows.measure == key[0]) & (rows.bn == key[1]) & (rows.space == key[2])
@@ -213,7 +214,7 @@ def measures_vs_gap(rows: pd.DataFrame, *, title: str, keys: list[tuple]) -> plt
         if (g.value > 0).all():
             ax.set_yscale("log")
         eps = "" if key[3] == "-" else f", ε = {key[3]:g}"
-        ax.set(xlabel="train − test accuracy (points)", title=f"{key[0]} ({key[1]} BN, {key[2]}{eps})")
+        ax.set(xlabel="train − test accuracy (points)", title=f"{key[0]}\n{key[1]} BN, {key[2]}{eps}")
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[len(keys):]:
         ax.axis("off")

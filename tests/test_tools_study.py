@@ -95,4 +95,4 @@ def test_update_records_the_run_and_refuses_one_without_measurements(tmp_path):
     text = page.read_text()
     assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
     assert text.split(study.BEGIN)[1].split(study.END)[0].strip() == study.block(docs)
-    assert (docs / "study_study_test_measures_vs_gap.png").is_file()
+    assert (docs / "study_test_measures_vs_gap.png").is_file()

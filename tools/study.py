@@ -56,7 +56,7 @@ def claims(label: str, corr: pd.DataFrame) -> str:
     """Which measures order the minimisers with the batch size (or against it) and which track
     the accuracy gap, at two-sided p < SIGNIFICANT; the rest said to show neither."""
     def named(mask) -> str:
-        return ", ".join(measure_name(r) for r in corr[mask].itertuples()) or "none"
+        return "; ".join(measure_name(r) for r in corr[mask].itertuples()) or "none"
     sig_b, sig_g = corr.p_batch < SIGNIFICANT, corr.p_gap_acc < SIGNIFICANT
     constant = corr.tau_batch.isna()
     return (f"**{label}.** Larger with the batch size: {named(sig_b & (corr.tau_batch > 0))}. "
@@ -105,13 +105,19 @@ def render_one(results: dict, figure: str) -> str:
     parts = [head, accuracy_table(results), gap_claim(results)]
     for label, corr in treatments(results).items():
         parts += [f"Kendall's tau-b over the {int(corr.n.max())} minimisers, {label}:",
-                  correlation_table(corr), claims(label.capitalize(), corr)]
+                  correlation_table(corr), claims(label[0].upper() + label[1:], corr)]
     parts.append(f"![every measure against the accuracy gap]({figure})")
     return "\n\n".join(parts)
 
 
+def stem(results: dict) -> str:
+    """study_<run name> (a run named study_... keeps its name)."""
+    name = results.get("run_name", results["network"])
+    return name if name.startswith("study_") else f"study_{name}"
+
+
 def figure_name(results: dict) -> str:
-    return f"study_{results.get('run_name', results['network'])}_measures_vs_gap.png"
+    return f"{stem(results)}_measures_vs_gap.png"
 
 
 def block(docs: Path) -> str:
@@ -133,6 +139,6 @@ def update(page: Path, run_dir: Path, results: dict, docs: Path) -> None:
     if BEGIN not in page.read_text():
         raise UsageError(f"{page} lacks the markers {BEGIN!r} ... {END!r}")
     shutil.copyfile(figure, docs / figure_name(results))
-    record(docs / f"study_{results.get('run_name', results['network'])}.json", results)
+    record(docs / f"{stem(results)}.json", results)
     replace_in(page, BEGIN, END, block(docs))
 
