@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import scipy.stats
 from pages import page_with_block
 
 from lbtf.errors import UsageError
@@ -71,3 +72,16 @@ def test_update_records_a_conv_table2_run_and_leaves_others(tmp_path):
     text = page.read_text()
     assert text.split(twins.BEGIN)[1].split(twins.END)[0].strip() == twins.block(docs)
     assert "old" not in text and text.endswith("rest\n")
+
+
+def test_pooled_gap_is_welchs_test_over_every_trial():
+    """SB 74, 76 | 73, 75 against LB 70, 70 | 72, 73: t and Welch-Satterthwaite's degrees of
+    freedom by hand, the p-value from Student's t distribution."""
+    seeds = [twin(1000, [74.0, 76.0], [70.0, 70.0]), twin(2000, [73.0, 75.0], [72.0, 73.0])]
+    se_sb, se_lb = (5 / 3) / 4, 2.25 / 4  # sample variances 5/3 and 9/4, over 4 runs each
+    t = 3.25 / (se_sb + se_lb) ** 0.5
+    df = (se_sb + se_lb) ** 2 / (se_sb**2 / 3 + se_lb**2 / 3)
+    p = 2 * scipy.stats.t.sf(t, df)
+    text = twins.pooled(seeds)
+    assert "4 SB and 4 LB runs" in text and "a gap of +3.25 points" in text
+    assert f"two-sided p {p:.2g})" in text and 0.01 < p < 0.03

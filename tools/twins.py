@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import scipy.stats
 
 from lbtf import report
 from lbtf.errors import UsageError
@@ -90,12 +91,26 @@ def render_network(found: list[dict]) -> str:
             f"LB's Metric 2.1 exceeds SB's, at eps {', '.join(f'{e:g}' for e in eps) or '–'}.")
     table = pd.DataFrame([seed_row(r) for r in found]).to_markdown(index=False)
     beyond = sum(gap(r)["beyond"] for r in found)
+    above = sum(gap(r)["points"] > 0 for r in found)
     verdict = (f"The gap is beyond the noise (at least {NOISE:g} times the larger std) on every "
                f"seed ({beyond}/{len(found)})." if beyond == len(found) else
                f"The gap is beyond the noise (at least {NOISE:g} times the larger std) on "
                f"{beyond} of {len(found)} seeds: at this scale the twin does not show the paper's "
                "gap on every seed.")
+    verdict += f" SB's test accuracy is above LB's on {above} of {len(found)} seeds. " + pooled(found)
     return "\n\n".join([head, table, verdict])
+
+
+def pooled(found: list[dict]) -> str:
+    """Every trial of every seed together: the gap and Welch's t-test of SB against LB."""
+    runs = pd.concat([pd.DataFrame(r["runs"]) for r in found])
+    runs = runs[runs.stop_reason != "diverged"]
+    sb, lb = (100 * runs[runs.regime == r].test_acc for r in ("SB", "LB"))
+    test = scipy.stats.ttest_ind(sb, lb, equal_var=False)
+    return (f"Pooled over seeds ({len(sb)} SB and {len(lb)} LB runs): SB "
+            f"{report.fmt(*report.mean_std(sb))}, LB {report.fmt(*report.mean_std(lb))}, a gap of "
+            f"{sb.mean() - lb.mean():+.2f} points (Welch's t-test, two-sided p "
+            f"{test.pvalue:.2g}).")
 
 
 def block(docs: Path) -> str:
