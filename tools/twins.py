@@ -61,7 +61,7 @@ def seed_row(results: dict) -> dict:
     stops = runs.stop_reason.value_counts()
     return {"seeds": f"{base_seed(results)}-{runs.seed.max()}",
             "SB test": report.fmt(*g["sb"]), "LB test": report.fmt(*g["lb"]),
-            "gap (points; x larger std)": f"{g['points']:+.2f}; {g['stds']:.1f}",
+            "gap (points; x larger std)": f"{g['points']:+.2f}; {g['stds']:.2f}",
             "beyond the noise": "yes" if g["beyond"] else "no",
             "SB / LB train": f"{g['sb_train'][0]:.2f} / {g['lb_train'][0]:.2f}",
             "distance ratio": (report.fmt(*report.mean_std(ratio.ratio))
@@ -79,13 +79,14 @@ def seed_row(results: dict) -> dict:
 def render_network(found: list[dict]) -> str:
     """One network's seeds: the setting, a row per seed, and the verdict over seeds."""
     first, env = found[0], found[0]["environment"]
-    b, runs = first["batch_sizes"], pd.DataFrame(first["runs"])
+    b, runs = first["batch_sizes"], pd.concat([pd.DataFrame(r["runs"]) for r in found])
+    trials = pd.DataFrame(first["runs"]).trial.nunique()
     eps = sorted({m["epsilon"] for m in first.get("measurements", []) if m.get("epsilon")},
                  reverse=True)
     head = (f"**{first['network']} on {first['dataset']}** ({first['num_train']} training "
-            f"examples): SB {b['SB']}, LB {b['LB']}, Adam, {runs.trial.nunique()} trials per seed, "
-            f"every run trained until its training loss stopped improving (at most "
-            f"{runs.epochs.max()} epochs seen) and measured at its lowest training loss; "
+            f"examples): SB {b['SB']}, LB {b['LB']}, Adam, {trials} trials per seed, "
+            f"every run trained until its training loss stopped improving ("
+            f"{runs.epochs.min()}-{runs.epochs.max()} epochs) and measured at its lowest training loss; "
             f"{len(found)} seeds on {env.get('cpu_cores', '?')} CPU cores ({env.get('cpu', '?')}). "
             f"Test and training accuracy in %, mean ± std over trials; LB sharper: trials in which "
             f"LB's Metric 2.1 exceeds SB's, at eps {', '.join(f'{e:g}' for e in eps) or '–'}.")
