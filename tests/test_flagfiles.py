@@ -96,3 +96,15 @@ def test_every_cpu_twin_is_its_paper_flagfile_plus_overrides_that_change_it(twin
         names.append(name if name in base else name.removeprefix("no"))  # --nosharpness
         assert full[names[-1]] != base[names[-1]], f"{twin.name}: {line} repeats {paper}"
     assert len(names) == len(set(names)), f"{twin.name} sets a flag twice"
+
+
+@pytest.mark.parametrize("path", FLAGFILES, ids=lambda p: p.name)
+def test_header_states_the_runtime(path):
+    """One '# Runtime on ...' statement before '# Run:' (measured, or said not to be): a _cpu
+    twin's on 2 CPU cores, a paper flagfile's on one GPU."""
+    lines = path.read_text().splitlines()
+    found = [i for i, line in enumerate(lines) if line.startswith("# Runtime on ")]
+    assert len(found) == 1 and found[0] < next(i for i, x in enumerate(lines) if x.startswith("# Run:"))
+    text = lines[found[0]]
+    assert text.startswith("# Runtime on 2 CPU cores: " if path.stem.endswith("_cpu")
+                           else "# Runtime on one GPU: ")
