@@ -19,8 +19,9 @@ ARTIFACTS = {"table2": ("table2", KESKAR_NETWORKS), "table3": ("table2", KESKAR_
              "figure6": ("trajectory", ("F2", "C1")), "remedies": ("remedies", KESKAR_NETWORKS),
              "hoffer": ("hoffer", ("F1", "C1", "resnet44", "C2", "C3", "wrn16_4")),
              "study": ("batch_sweep", ("F1",))}
-# Artifacts with a variant beside the paper's settings: the sharpness study without BN.
-VARIANTS = {"study": ("", "_nobn")}
+# Artifacts with a variant beside the paper's settings: the sharpness study without BN, and
+# measured at one training loss.
+VARIANTS = {"study": ("", "_nobn", "_atloss")}
 
 
 def artifact_of(path: Path) -> tuple[str, str, str]:

@@ -4,11 +4,12 @@ import dataclasses
 import re
 
 import pytest
+from absl import flags
 from conftest import REPO
 
 from lbtf.experiments.config import TrainingConfig, field_group, override
 from lbtf.experiments.flags import parse
-from lbtf.experiments.training import DERIVED, training_config
+from lbtf.experiments.training import DERIVED, at_point, training_config
 from lbtf.train import TrainConfig
 
 
@@ -61,3 +62,26 @@ def test_every_trainer_setting_is_read_by_the_trainer():
     unread = [f.name for f in dataclasses.fields(TrainConfig)
               if not re.search(rf"(config|cfg)\.{f.name}\b", engine)]
     assert not unread
+
+
+def record(losses: list[float], stop: str = "converged") -> dict:
+    history = [{"epoch": e, "train_loss": v, "train_acc": 0.9, "test_loss": 2 * v,
+                "test_acc": 0.8} for e, v in enumerate(losses, start=1)]
+    return {"history": history, "stop_reason": stop, "checkpoint_dir": "ckpt"}
+
+
+def test_at_loss_measures_the_first_epoch_at_or_below_it():
+    run = record([1.0, 0.5, 0.2, 0.05, 0.01, 0.02])
+    assert at_point(run, "best")["measured_epoch"] == 5
+    point = at_point(run, "best", at_loss=0.2)
+    assert point["measured_epoch"] == 3 and point["reached_loss"] is True
+    assert point["train_loss"] == 0.2 and point["checkpoint"].endswith("weights-3")
+    missed = at_point(run, "best", at_loss=0.001)  # never reached: its lowest loss, marked
+    assert missed["measured_epoch"] == 5 and missed["reached_loss"] is False
+    assert "reached_loss" not in at_point(run, "last")
+
+
+def test_at_loss_needs_every_epochs_weights():
+    with pytest.raises(flags.IllegalFlagValueError, match="--checkpoint_every=1"):
+        parse(["--measure_at_loss=0.01"])
+    assert parse(["--measure_at_loss=0.01", "--checkpoint_every=1"]).measure.measure_at_loss == 0.01

@@ -90,6 +90,11 @@ def gap_claim(results: dict) -> str:
     return f"The accuracy gap {verdict} (Kendall tau {tau:+.2f}, p {p:.2g}, {len(runs)} runs)."
 
 
+def point_words(point: str) -> str:
+    """The measurement record's point in words."""
+    return {"best": "its lowest training loss", "last": "its last epoch"}.get(point, point)
+
+
 def render_one(results: dict, figure: str) -> str:
     runs, env = pd.DataFrame(results["runs"]), results["environment"]
     how = results["measurement"]
@@ -99,7 +104,7 @@ def render_one(results: dict, figure: str) -> str:
             f"`{results.get('run_name', '?')}`: batch sizes "
             f"{', '.join(str(b) for b in results['batch_sizes'])}, {runs.trial.nunique()} trials "
             f"each, every run trained until its training loss stopped improving and measured at "
-            f"its lowest training loss; measures {', '.join(how['measures'])} "
+            f"{point_words(how.get('point', 'best'))}; measures {', '.join(how['measures'])} "
             f"({how['measure_samples']} draws or probes each); {results['seconds'] / 60:.1f} min on "
             f"{env.get('cpu_cores', '?')} CPU cores ({env.get('cpu', '?')}).")
     parts = [head, accuracy_table(results), gap_claim(results)]

@@ -94,6 +94,7 @@ class MeasureConfig:
     bn_measure_chunk: int
     loss_clip: float
     measure_point: str
+    measure_at_loss: float
     hessian_k: int
     checkpoint: str | None
     measures: tuple[str, ...]

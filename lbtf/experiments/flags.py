@@ -206,6 +206,11 @@ flags.DEFINE_float("loss_clip", 1e-7, "Measure the cross-entropy of probabilitie
 flags.DEFINE_enum("measure_point", "best", MEASURE_POINTS, "The weights a run is measured at "
                   "(Table 2, sharpness, distances, parametric plots): the epoch with the lowest "
                   "training loss, or the last epoch.")
+flags.DEFINE_float("measure_at_loss", 0.0, "Measure every run instead at the first epoch whose "
+                   "training loss is at most this (Jiang et al. 2020 stop every network at "
+                   "cross-entropy 0.01): minimisers compared at one depth, not wherever each run "
+                   "stopped; a run that never reaches it is measured at its lowest loss and marked "
+                   "(reached_loss). Needs --checkpoint_every=1. 0: off.", lower_bound=0)
 flags.DEFINE_integer("hessian_k", 0, "Largest Hessian eigenvalues per minimiser, by Lanczos "
                      "(0: skip; 1 costs ~12-20 Hessian-vector products per minimiser).", lower_bound=0)
 flags.DEFINE_list("measures", ["keskar"], "Sharpness measures at every minimiser, each under every "
@@ -326,6 +331,13 @@ flags.register_multi_flags_validator(
 @flags.validator("lr_milestones", message="--lr_milestones takes positive epochs, e.g. 30,60")
 def _valid_milestones(values: list[str]) -> bool:
     return all(v.strip().isdigit() and int(v) > 0 for v in values)
+
+
+flags.register_multi_flags_validator(
+    ["measure_at_loss", "checkpoint_every", "measure_every"],
+    lambda d: not d["measure_at_loss"] or (d["checkpoint_every"] == 1 and d["measure_every"] == 1),
+    message="--measure_at_loss measures the epoch a run first reaches that loss: keep every "
+            "epoch's weights with --checkpoint_every=1 (and --measure_every=1)")
 
 
 flags.register_multi_flags_validator(

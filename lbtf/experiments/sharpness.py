@@ -56,7 +56,9 @@ METHODS = {"subspace_generator": SUBSPACE_METHOD, "hessian_solver": EIGEN_METHOD
 def measurement_record(cfg: Config) -> dict:
     """How a run's measurements were taken, for results.json."""
     m = cfg.measure
-    return {"point": cfg.measure.measure_point, "bn": list(cfg.measure.bn_measure),
+    point = (f"the first epoch at training loss <= {m.measure_at_loss:g}" if m.measure_at_loss
+             else m.measure_point)
+    return {"point": point, "bn": list(cfg.measure.bn_measure),
             "measures": list(m.measures), "average_sigma": m.average_sigma,
             "measure_samples": m.measure_samples, "pacbayes_target": m.pacbayes_target,
             "pacbayes_eps": m.pacbayes_eps,

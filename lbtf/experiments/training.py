@@ -108,19 +108,24 @@ def train_once(trainer: Trainer, *, name: str, run_dir: Path, seed: int, hparams
             "diffusion": result.diffusion}
 
 
-def at_point(record: dict, point: str) -> dict:
+def at_point(record: dict, point: str, at_loss: float = 0.0) -> dict:
     """A run's metrics and weights checkpoint at the point measurements take: the epoch with the
-    lowest training loss ("best") or the last epoch ("last"; a diverged run's best). Table 2,
-    sharpness, distances and parametric plots all read this one point."""
+    lowest training loss ("best") or the last epoch ("last"; a diverged run's best); with
+    `at_loss` > 0, the first epoch whose training loss is at most `at_loss` (`reached_loss` says
+    whether the run got there; if not, its best). Table 2, sharpness, distances and parametric
+    plots all read this one point."""
     history = record["history"]
     last = history[-1]["epoch"] if record["stop_reason"] != "diverged" else None
     epoch = last if point == "last" and last is not None else best_epoch(history)
+    reached = {}
+    if at_loss:
+        first = next((h["epoch"] for h in history if h["train_loss"] <= at_loss), None)
+        epoch, reached = (first if first is not None else epoch), {"reached_loss": first is not None}
     # A run that diverged in its first epoch has no finite epoch: its point is the start
     # (weights-0), its metrics those of its last row.
     row = next((h for h in history if h["epoch"] == epoch), history[-1])
-    return {"measured_epoch": epoch, **{k: row[k] for k in METRICS},
+    return {"measured_epoch": epoch, **{k: row[k] for k in METRICS}, **reached,
             "checkpoint": checkpoint_at(record["checkpoint_dir"], epoch)}
-
 
 
 def train_regimes(cfg: Config, *, data, strategy, batches: dict[str, int], run_dir: Path,
@@ -167,7 +172,7 @@ def train_regimes(cfg: Config, *, data, strategy, batches: dict[str, int], run_d
                          "learning_rate": trainer.config.learning_rate},
                 label=f"[trial {trial + 1}/{cfg.training.trials} {regime} B={batch}]"), log=log)
             remove_resume(record["checkpoint_dir"])  # the record now holds what it was for
-            point = at_point(record, cfg.measure.measure_point)
+            point = at_point(record, cfg.measure.measure_point, cfg.measure.measure_at_loss)
             history = record.pop("history")
             finals.append({"trial": trial, "regime": regime, "batch_size": batch, "seed": seed,
                            **record, **point})

@@ -68,7 +68,7 @@ def run(cfg: Config, log=print):
                                _train_piggyback(lb, ckpt, name=name, cfg=cfg,
                                                 run_dir=run_dir, log=log), log=log)
         remove_resume(record["checkpoint_dir"])
-        point = training.at_point(record, cfg.measure.measure_point)
+        point = training.at_point(record, cfg.measure.measure_point, cfg.measure.measure_at_loss)
         rows.append({"sb_epoch": epoch, "sb_test_acc": sb_history.test_acc[epoch],
                      "lb_test_acc": point["test_acc"], "lb_train_acc": point["train_acc"],
                      "lb_epochs": record["epochs"], "lb_measured_epoch": point["measured_epoch"],
