@@ -257,9 +257,10 @@ def rescale_markdown(found: pd.DataFrame, rescaled: pd.DataFrame, *, factor: flo
                        ratio=both.value_rescaled / both.value.where(both.value != 0))
     out = (both.groupby(["measure", "bn", "space", "epsilon"], sort=False).ratio
            .agg(["median", "min", "max", "count"]).reset_index())
-    out["moved"] = ~out["median"].between(0.99, 1.01)
+    # A measure that was 0 at every minimiser has no ratio: neither moved nor kept.
+    out["moved"] = (~out["median"].between(0.99, 1.01)).where(out["count"] > 0, "–")
     note = (f"Every minimiser measured again after multiplying the weights that feed each BN layer "
             f"by {factor:g} (moving statistics scaled to match: the same function up to BN's "
-            "epsilon). Ratio: value after / value as trained.")
+            "epsilon). Ratio: value after / value as trained; – where the value was 0 before.")
     return note + "\n\n" + out.to_markdown(index=False, floatfmt=".4g")
 

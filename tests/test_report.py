@@ -111,3 +111,20 @@ def test_every_measure_is_counted_on_its_own():
     assert out.lb_sharper.to_dict() == {"sharpness": 2, "average": 0}
     assert out.median_ratio.to_dict() == pytest.approx({"sharpness": 5.0, "average": 1 / 3})
     assert out.epsilon["average"] == "-"
+
+
+def test_rescale_markdown_gives_the_ratio_and_whether_it_moved():
+    def rows(values):
+        return pd.DataFrame([{"measure": m, "bn": "batch", "space": "full", "epsilon": e,
+                              "trial": t, "regime": "LB", "value": v}
+                             for (m, e), vs in values.items() for t, v in enumerate(vs)])
+    before = rows({("sharpness", 1e-3): [10.0, 20.0], ("average", None): [1.0, 2.0],
+                   ("adaptive", 1e-3): [0.0, 0.0]})
+    after = rows({("sharpness", 1e-3): [20.0, 40.0], ("average", None): [1.005, 2.0],
+                  ("adaptive", 1e-3): [0.0, 0.0]})
+    table = report.rescale_markdown(before, after, factor=2.0)
+    cells = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")]
+                               for line in table.splitlines() if line.startswith("| "))}
+    assert float(cells["sharpness"][4]) == 2.0 and cells["sharpness"][8] == "True"
+    assert float(cells["average"][4]) == pytest.approx(1.0025, abs=6e-4) and cells["average"][8] == "False"
+    assert cells["adaptive"][7] == "0" and cells["adaptive"][8] == "–"  # 0 before: no ratio
