@@ -96,3 +96,15 @@ def test_update_records_the_run_and_refuses_one_without_measurements(tmp_path):
     assert text.startswith("intro\n") and text.endswith("rest\n") and "old" not in text
     assert text.split(study.BEGIN)[1].split(study.END)[0].strip() == study.block(docs)
     assert (docs / "study_test_measures_vs_gap.png").is_file()
+
+
+def test_a_run_measured_at_one_loss_says_so_and_comes_last(tmp_path):
+    plain = sweep({32: [1.0, 2.0, 3.0], 400: [5.0, 6.0, 7.0]})
+    at = {**plain, "run_name": "study_at",
+          "measurement": {**plain["measurement"], "point": "the first epoch at training loss <= 0.03"}}
+    assert "every run measured at first epoch at training loss <= 0.03" in study.render_one(at, "f")
+    assert "measured at its lowest training loss" in study.render_one(plain, "f")
+    for name, r in (("study_a_at.json", at), ("study_b.json", plain)):
+        (tmp_path / name).write_text(json.dumps(r))
+    text = study.block(tmp_path)
+    assert text.index("`study_test`") < text.index("`study_at`")

@@ -90,6 +90,11 @@ def gap_claim(results: dict) -> str:
     return f"The accuracy gap {verdict} (Kendall tau {tau:+.2f}, p {p:.2g}, {len(runs)} runs)."
 
 
+def at_one_loss(results: dict) -> bool:
+    """Whether the run measured every run at one training loss (--measure_at_loss)."""
+    return results["measurement"].get("point", "best") not in ("best", "last")
+
+
 def point_words(point: str) -> str:
     """The measurement record's point in words."""
     return {"best": "its lowest training loss", "last": "its last epoch"}.get(point, point)
@@ -100,6 +105,8 @@ def render_one(results: dict, figure: str) -> str:
     how = results["measurement"]
     title = "without BN (every BN layer an identity)" if results.get("bn_layer") == "none" \
         else "with BN, measured under both BN modes"
+    if at_one_loss(results):
+        title += f", every run measured at {how['point'].removeprefix('the ')}"
     head = (f"### {results['network']} on {results['dataset']}, {title}\n\n"
             f"`{results.get('run_name', '?')}`: batch sizes "
             f"{', '.join(str(b) for b in results['batch_sizes'])}, {runs.trial.nunique()} trials "
@@ -126,9 +133,9 @@ def figure_name(results: dict) -> str:
 
 
 def block(docs: Path) -> str:
-    """Every recorded study run, with BN first."""
+    """Every recorded study run: with BN, without, then those measured at one training loss."""
     found = [json.loads(f.read_text()) for f in sorted(docs.glob("study_*.json"))]
-    found.sort(key=lambda r: (r.get("bn_layer") == "none", r.get("run_name", "")))
+    found.sort(key=lambda r: (at_one_loss(r), r.get("bn_layer") == "none", r.get("run_name", "")))
     return "\n\n".join(render_one(r, figure_name(r)) for r in found)
 
 
