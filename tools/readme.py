@@ -39,6 +39,18 @@ FIGURES = {"figure2_training_curves": "demo_figure2.png",
            "figure3_parametric_linear_movingbn": "demo_figure3_movingbn.png",
            "figure3_parametric_linear_batchbn": "demo_figure3_batchbn.png"}
 EPS_WORDS = {"full": "full space", "subspace": "the random subspace"}
+NOISE = 3.0  # a gap is beyond the noise at NOISE times the larger std of the two regimes
+
+
+def beyond_noise(gap: float, spread: float) -> bool:
+    """Whether a gap of `gap` points stands out of trials whose larger std is `spread`."""
+    return spread > 0 and gap >= NOISE * spread
+
+
+def finished_runs(results: dict) -> pd.DataFrame:
+    """The recorded runs that did not diverge."""
+    runs = pd.DataFrame(results["runs"])
+    return runs[runs.stop_reason != "diverged"]
 
 
 def _accuracy(results: dict) -> dict:
@@ -78,8 +90,9 @@ def accuracy_claim(results: dict) -> str:
     (sb, s_sb), (lb, s_lb) = acc[("SB", "test")], acc[("LB", "test")]
     gap, spread = sb - lb, max(s_sb, s_lb)
     times = f"{gap / spread:.1f} times the larger std" if spread > 0 else "no spread"
-    verdict = ("beyond the noise (at least 3 times the larger std)" if spread and gap >= 3 * spread
-               else "not beyond the noise (less than 3 times the larger std)")
+    verdict = (f"beyond the noise (at least {NOISE:g} times the larger std)"
+               if beyond_noise(gap, spread)
+               else f"not beyond the noise (less than {NOISE:g} times the larger std)")
     direction = "above" if gap > 0 else "below"
     return (f"**Generalisation gap:** SB test accuracy {report.fmt(sb, s_sb)}% is {direction} LB "
             f"{report.fmt(lb, s_lb)}% by {abs(gap):.2f} points, {times}: {verdict}. Both "
@@ -167,11 +180,11 @@ def hoffer_claim(runs: pd.DataFrame) -> str:
     acc = {c: report.mean_std(100 * g.test_acc) for c, g in runs.groupby("regime")}
     (sb, s_sb), (lb, s_lb) = acc["SB"], acc["LB"]
     gap, spread = sb - lb, max(s_sb, s_lb)
-    beyond = spread > 0 and gap >= 3 * spread
+    beyond = beyond_noise(gap, spread)
     text = (f"LB is {abs(gap):.2f} points {'below' if gap > 0 else 'above'} SB"
             + (f", {gap / spread:.1f} times the larger std" if spread > 0 else "")
             + (": a gap beyond the noise" if beyond else ": no gap beyond the noise "
-               "(at least 3 times the larger std)"))
+               f"(at least {NOISE:g} times the larger std)"))
     if not beyond:
         return text + "; the remedies cannot be judged against it."
     train = runs.groupby("regime").train_acc.mean() * 100
@@ -188,9 +201,7 @@ def hoffer_claim(runs: pd.DataFrame) -> str:
 def render_hoffer(results: dict) -> str:
     """One twin of Hoffer et al.'s Table 1 from its results.json: the setting, test and training
     accuracy per column beside the paper's row, and the claim."""
-    runs = pd.DataFrame(results["runs"])
-    runs = runs[runs.stop_reason != "diverged"]
-    env, cols = results["environment"], report.HOFFER_COLUMNS
+    runs, env, cols = finished_runs(results), results["environment"], report.HOFFER_COLUMNS
     batch = runs.groupby("regime").batch_size.first()
     epochs = runs.groupby("regime").epochs.max()
     cells = lambda key: {c: report.fmt(*report.mean_std(100 * g[key]))  # noqa: E731
@@ -240,19 +251,24 @@ def record(path: Path, results: dict) -> None:
     atomic_write_text(path, json.dumps(portable(results), indent=1) + "\n")
 
 
-def replace_in(page: Path, begin: str, end: str, body: str) -> None:
-    """Rewrites the block of `page` between `begin` and `end`; refuses a page without them."""
+def require_markers(page: Path, begin: str, end: str) -> str:
+    """The text of `page`, or a UsageError when it lacks the block's markers (checked before a
+    run is recorded, so that a page without them leaves docs/ whole)."""
     text = page.read_text()
     if begin not in text or end not in text:
         raise UsageError(f"{page} lacks the markers {begin!r} ... {end!r}")
-    atomic_write_text(page, _replace_block(text, begin, end, body))
+    return text
+
+
+def replace_in(page: Path, begin: str, end: str, body: str) -> None:
+    """Rewrites the block of `page` between `begin` and `end`; refuses a page without them."""
+    atomic_write_text(page, _replace_block(require_markers(page, begin, end), begin, end, body))
 
 
 def update_hoffer(page: Path, results: dict, docs: Path) -> None:
     """Records a finished hoffer run in docs and regenerates the Hoffer block of `page`."""
     render_hoffer(results)  # before any write: a run that cannot render leaves docs whole
-    if HOFFER_BEGIN not in page.read_text():
-        raise UsageError(f"{page} lacks the markers {HOFFER_BEGIN!r} ... {HOFFER_END!r}")
+    require_markers(page, HOFFER_BEGIN, HOFFER_END)
     record(docs / f"hoffer_{results['network']}.json", results)
     replace_in(page, HOFFER_BEGIN, HOFFER_END, hoffer_block(docs))
 
@@ -266,8 +282,7 @@ def update_demo(readme: Path, run_dir: Path, results: dict, docs: Path) -> None:
     if missing:
         raise UsageError(f"{run_dir} lacks {', '.join(missing)}.png: run it with "
                          "--parametric=linear and --bn_measure=moving,batch")
-    if BEGIN not in readme.read_text():
-        raise UsageError(f"{readme} lacks the results markers {BEGIN!r} ... {END!r}")
+    require_markers(readme, BEGIN, END)
     body = render(results)  # before any write: a run that cannot render leaves the README whole
     for name, file in FIGURES.items():
         shutil.copyfile(run_dir / f"{name}.png", docs / file)
