@@ -53,11 +53,21 @@ def measurement_chunk(cfg: Config, mode: str) -> int:
 METHODS = {"subspace_generator": SUBSPACE_METHOD, "hessian_solver": EIGEN_METHOD}
 
 
+POINT_NOTE = {"best": "the epoch with the lowest training loss", "last": "the last epoch"}
+
+
+def point_note(cfg: Config) -> str:
+    """The point every run is measured at (--measure_point, --measure_at_loss), in words."""
+    at = cfg.measure.measure_at_loss
+    return (f"the first epoch at training loss <= {at:g}" if at
+            else POINT_NOTE[cfg.measure.measure_point])
+
+
 def measurement_record(cfg: Config) -> dict:
-    """How a run's measurements were taken, for results.json."""
+    """How a run's measurements were taken, for results.json ("point": best, last, or in words
+    when measured at one training loss)."""
     m = cfg.measure
-    point = (f"the first epoch at training loss <= {m.measure_at_loss:g}" if m.measure_at_loss
-             else m.measure_point)
+    point = point_note(cfg) if m.measure_at_loss else m.measure_point
     return {"point": point, "bn": list(cfg.measure.bn_measure),
             "measures": list(m.measures), "average_sigma": m.average_sigma,
             "measure_samples": m.measure_samples, "pacbayes_target": m.pacbayes_target,

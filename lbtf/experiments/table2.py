@@ -123,7 +123,7 @@ def header(cfg: Config, data, batches: dict[str, int]) -> str:
         f"Adam lr {cfg.training.learning_rate}; {cfg.training.trials} trials; each run trained until the "
         f"training loss stopped improving by {cfg.training.min_delta} for {cfg.training.patience} epochs "
         f"(at most {cfg.training.max_epochs}). Every number describes a run at its measured point, "
-        f"{point_note(cfg)} (`measured_epoch` in the runs table). Accuracy in "
+        f"{sharpness.point_note(cfg)} (`measured_epoch` in the runs table). Accuracy in "
         f"percent, mean ± std over trials. The paper row is for "
         f"{report.PAPER_DATASET_NOTE.get(cfg.model.network, 'its own dataset')}.")
 
@@ -137,21 +137,12 @@ def measurement_note(cfg: Config) -> str:
                       "mode 2, which the authors' code used)"}
     starts = (f" plus {cfg.measure.sharpness_starts - 1} seeded random starts in the box, the largest f "
               "kept" if cfg.measure.sharpness_starts > 1 else "")
-    return (f"Metric 2.1 at each run's measured point ({point_note(cfg)}): "
+    return (f"Metric 2.1 at each run's measured point ({sharpness.point_note(cfg)}): "
             f"{cfg.measure.sharpness_maxiter} L-BFGS-B iterations from y = 0{starts}; f is the mean "
             f"training loss, {parametric.loss_note(cfg.measure.loss_clip)}. "
             + "; ".join(modes[m] for m in cfg.measure.bn_measure) +
             ". Cells: mean ± std over trials, then median and min–max. Every measurement with its "
             "optimiser status and L-BFGS-B path is in results.json and below.")
-
-
-POINT_NOTE = {"best": "the epoch with the lowest training loss", "last": "the last epoch"}
-
-
-def point_note(cfg: Config) -> str:
-    at = cfg.measure.measure_at_loss
-    return (f"the first epoch with training loss at most {at:g}" if at
-            else POINT_NOTE[cfg.measure.measure_point])
 
 
 def sharpness_sections(found, cfg, dataset: str) -> tuple[list[str], list[str]]:
