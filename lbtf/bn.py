@@ -182,6 +182,16 @@ def assign_statistics(layers: list, means: list, variances: list) -> None:
         lay.moving_variance.assign(np.reshape(v, lay.moving_variance.shape))
 
 
+def estimation_subset(x: np.ndarray, examples: int, seed: int) -> np.ndarray:
+    """The seeded rows BN statistics are re-estimated from when the whole set does not fit one
+    pass: `examples` of them in their original order (all when 0 or at least len(x)). The
+    trainer (--bn_eval_examples) and `lbtf.measurement.reestimate` draw the same rows."""
+    if examples and examples < len(x):
+        keep = np.random.default_rng(seed).permutation(len(x))[:examples]
+        return x[np.sort(keep)]
+    return x
+
+
 # Above this estimate of activation memory, `population_pass` declines and the trainer falls back
 # to `BatchNormEstimator` over chunks plus a separate evaluation pass.
 POPULATION_PASS_BYTES = 4 * 2**30

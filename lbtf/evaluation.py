@@ -11,10 +11,9 @@ values). The re-estimated statistics are kept, so every checkpoint holds them.
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from lbtf.bn import BatchNormEstimator, bn_layers, population_pass
+from lbtf.bn import BatchNormEstimator, bn_layers, estimation_subset, population_pass
 from lbtf.data import Dataset
 from lbtf.distribute import local_copy, shared
 from lbtf.objective import EvalSet, make_evaluator
@@ -45,7 +44,7 @@ class Evaluator:
                                                    jit_compile=xla)
             if self._population is None:
                 self._estimator = BatchNormEstimator(
-                    model, _subset(data.x_train, bn_eval_examples, seed),
+                    model, estimation_subset(data.x_train, bn_eval_examples, seed),
                     batch_size=eval_batch_size, jit_compile=xla)
 
     @property
@@ -71,11 +70,3 @@ class Evaluator:
             if f"{split}_loss" not in out:
                 out[f"{split}_loss"], out[f"{split}_acc"] = self.evaluate(es)
         return out
-
-
-def _subset(x: np.ndarray, examples: int, seed: int) -> np.ndarray:
-    """A seeded subset of `examples` rows in their original order (all when 0 or more than x)."""
-    if examples and examples < len(x):
-        keep = np.random.default_rng(seed).permutation(len(x))[:examples]
-        return x[np.sort(keep)]
-    return x

@@ -20,7 +20,13 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from lbtf.bn import BatchNormEstimator, bn_layers, measurement_model, population_pass
+from lbtf.bn import (
+    BatchNormEstimator,
+    bn_layers,
+    estimation_subset,
+    measurement_model,
+    population_pass,
+)
 from lbtf.hessian import top_eigenvalues_at
 from lbtf.measures import average_sharpness, hutchinson_trace, pacbayes_flatness
 from lbtf.objective import (
@@ -161,8 +167,8 @@ def reestimate(model: keras.Model, x, y, *, examples: int, settings: MeasureSett
     if whole is not None:
         whole()
         return
-    xs, _ = subsample(x, y, examples or None, settings.seed)
-    BatchNormEstimator(model, xs, batch_size=settings.eval_batch_size,
+    BatchNormEstimator(model, estimation_subset(x, examples, settings.seed),
+                       batch_size=settings.eval_batch_size,
                        jit_compile=settings.jit_compile)()
 
 

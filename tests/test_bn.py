@@ -9,6 +9,7 @@ from lbtf.bn import (
     BatchNormEstimator,
     BatchStatisticsNormalization,
     activation_bytes,
+    estimation_subset,
     measurement_model,
     population_pass,
 )
@@ -195,3 +196,11 @@ def test_rescaling_into_bn_keeps_the_function_and_adaptive_sharpness_but_not_kes
     assert abs(keskar4 - keskar) > 0.1 * keskar
     with pytest.raises(ValueError, match="positive"):
         rescale_into_bn(model, 0.0)
+
+
+def test_estimation_subset_is_seeded_and_keeps_the_original_order():
+    x = np.arange(100)
+    a, b = estimation_subset(x, 10, seed=3), estimation_subset(x, 10, seed=3)
+    assert np.array_equal(a, b) and np.all(np.diff(a) > 0) and len(a) == 10
+    assert not np.array_equal(a, estimation_subset(x, 10, seed=4))
+    assert len(estimation_subset(x, 0, seed=3)) == 100
