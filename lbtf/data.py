@@ -210,6 +210,10 @@ def load_tfds(name: str, *, data_dir: str | None = None, download: bool = True) 
         splits = tfds.load(name, split=["train", "test"], data_dir=data_dir, download=download,
                            as_supervised=True)
         (x_tr, y_tr), (x_te, y_te) = (_to_numpy(s) for s in splits)
+    except ModuleNotFoundError as e:  # an install that lacks one of tfds' own dependencies
+        raise UsageError(f"tensorflow-datasets cannot load {name}: it needs the Python module "
+                         f"{e.name!r}, which is not installed; pip install {e.name} (lbtf's "
+                         "own install brings it: pip install lbtf)") from None
     except Exception as e:  # tfds raises many types: absent data, DNS failure, HTTP errors
         where = data_dir or "~/tensorflow_datasets"
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
