@@ -7,6 +7,7 @@ import pytest
 from absl import flags
 
 import lbtf.experiments.flags  # noqa: F401  (defines the flags)
+from lbtf.experiments.flagfiles import expand
 from lbtf.models import KESKAR_NETWORKS, PAPER_DATASET
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def artifact_of(path: Path) -> tuple[str, str, str]:
 
 @pytest.fixture()
 def fresh_flags(monkeypatch):
-    monkeypatch.chdir(REPO)  # a twin names its paper flagfile relative to the repository root
+    monkeypatch.chdir(REPO)
     flags.FLAGS.unparse_flags()
     yield flags.FLAGS
     flags.FLAGS.unparse_flags()
@@ -47,7 +48,7 @@ def test_every_artifact_has_a_paper_and_a_cpu_flagfile_per_network():
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=lambda p: p.name)
 def test_flagfile_parses(path, fresh_flags):
-    fresh_flags(["run_experiments.py", f"--flagfile={path}"])
+    fresh_flags(["run_experiments.py", *expand([f"--flagfile={path}"])])
     artifact, network, variant = artifact_of(path)
     assert fresh_flags.bn_layer == ("none" if variant == "_nobn" else "standard")
     assert fresh_flags.experiment == ARTIFACTS[artifact][0] and fresh_flags.network == network
@@ -79,7 +80,7 @@ def test_flagfile_parses(path, fresh_flags):
 
 def parsed(fresh_flags, *args) -> dict[str, str]:
     fresh_flags.unparse_flags()
-    fresh_flags(["run_experiments.py", *args])
+    fresh_flags(["run_experiments.py", *expand(list(args))])
     return {name: fresh_flags[name].serialize() for name in fresh_flags}
 
 
@@ -87,8 +88,8 @@ def parsed(fresh_flags, *args) -> dict[str, str]:
                          ids=lambda p: p.name)
 def test_every_cpu_twin_is_its_paper_flagfile_plus_overrides_that_change_it(twin, fresh_flags):
     lines = [ln for ln in twin.read_text().splitlines() if ln.startswith("--")]
-    paper = f"flags/{twin.stem.removesuffix('_cpu')}.flags"
-    assert lines[0] == f"--flagfile={paper}"
+    paper = f"{twin.stem.removesuffix('_cpu')}.flags"
+    assert lines[0] == f"--flagfile={paper}"  # beside the twin: found from any directory
     base = parsed(fresh_flags, f"--flagfile={paper}")
     full = parsed(fresh_flags, f"--flagfile={twin}")  # flags checked together (milestones, values)
     names = []
@@ -109,3 +110,52 @@ def test_header_states_the_runtime(path):
     text = lines[found[0]]
     assert text.startswith("# Runtime on 2 CPU cores: " if path.stem.endswith("_cpu")
                            else "# Runtime on one GPU: ")
+
+
+def test_a_twin_by_name_from_another_directory_is_the_twin_by_path(tmp_path, monkeypatch):
+    """`--flagfile=table2_C1_cpu` anywhere resolves to the repository's flags/table2_C1_cpu.flags,
+    its parent found beside it: the same flags as naming both by path from the repository."""
+    monkeypatch.chdir(REPO)
+    by_path = expand(["--flagfile=flags/table2_C1_cpu.flags"])
+    paper = expand(["--flagfile=flags/table2_C1.flags"])
+    assert by_path[:len(paper)] == paper and len(by_path) > len(paper)
+    monkeypatch.chdir(tmp_path)
+    assert expand(["--flagfile=table2_C1_cpu"]) == by_path
+    assert expand(["--flagfile", "table2_C1_cpu.flags", "--seed=3"])[-1] == "--seed=3"
+
+
+def test_a_user_flagfile_names_its_parent_relative_to_itself(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "base.flags").write_text("# mine\n--seed=7\n\n// comment\n--trials=2\n")
+    (tmp_path / "mine" / "twin.flags").write_text("--flagfile=base.flags\n--seed=8\n")
+    monkeypatch.chdir(REPO)
+    assert expand([f"--flagfile={tmp_path / 'mine' / 'twin.flags'}"]) == [
+        "--seed=7", "--trials=2", "--seed=8"]
+
+
+def test_a_missing_parent_is_named_with_the_file_that_names_it(tmp_path):
+    from lbtf.errors import UsageError
+
+    twin = tmp_path / "twin.flags"
+    twin.write_text("--flagfile=nowhere.flags\n")
+    with pytest.raises(UsageError, match=f"flagfile nowhere.flags not found \\(named in {twin}\\)"):
+        expand([f"--flagfile={twin}"])
+    loop = tmp_path / "loop.flags"
+    loop.write_text("--flagfile=loop.flags\n")
+    with pytest.raises(UsageError, match="names itself"):
+        expand([f"--flagfile={loop}"])
+
+
+def test_the_command_line_takes_a_flagfile_by_name_from_anywhere(tmp_path):
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, str(REPO / "run_experiments.py"),
+                         "--flagfile=hoffer_F1_cpu", "--experiment=info"], cwd=tmp_path,
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and "F1" in ok.stdout, ok.stderr[-2000:]
+    bad = subprocess.run([sys.executable, str(REPO / "run_experiments.py"),
+                          "--flagfile=no_such_artifact"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr
+    assert bad.stderr.startswith("error: flagfile no_such_artifact not found")

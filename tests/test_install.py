@@ -18,7 +18,8 @@ TINY = ["--mnist1d_samples=500", "--max_epochs=2", "--trials=1", "--patience=2",
 def test_installed_wheel_runs_an_experiment_from_another_directory(tmp_path, data_dir):
     source = tmp_path / "source"  # a copy, so that the build leaves nothing in the repository
     shutil.copytree(REPO / "lbtf", source / "lbtf", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+    shutil.copytree(REPO / "flags", source / "flags")
+    for name in ("setup.cfg", "pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, source / name)
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
@@ -39,3 +40,9 @@ def test_installed_wheel_runs_an_experiment_from_another_directory(tmp_path, dat
         assert proc.returncode == 0, proc.stderr[-2000:]
         results = json.loads((elsewhere / name / name / "results.json").read_text())
         assert results["experiment"] == "table2" and len(results["runs"]) == 2
+    # The flagfiles come with the package: a _cpu twin by name, its parent found beside it.
+    assert (site / "share" / "lbtf" / "flags" / "table2_C1_cpu.flags").is_file()
+    proc = subprocess.run([sys.executable, "-m", "lbtf", "--flagfile=table2_C1_cpu",
+                           "--experiment=info"], cwd=elsewhere, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and "C1" in proc.stdout, proc.stderr[-2000:]

@@ -18,6 +18,7 @@ from absl import app, flags, logging  # noqa: E402
 from lbtf.errors import WRITE_FAILED_HINT, UsageError  # noqa: E402
 from lbtf.experiments import flags as lbtf_flags  # noqa: E402  (defines every flag)
 from lbtf.experiments.config import from_flags  # noqa: E402
+from lbtf.experiments.flagfiles import expand  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -39,4 +40,9 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    app.run(main)
+    try:  # flagfiles by name or beside the file naming them (lbtf.experiments.flagfiles)
+        argv = [sys.argv[0], *expand(sys.argv[1:])]
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    app.run(main, argv=argv)

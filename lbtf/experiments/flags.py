@@ -410,7 +410,8 @@ def parse(argv: list[str]):
     """The Config of command-line arguments `argv` (without the program name), parsed and
     validated by absl as run_experiments.py does: how tests run an experiment in-process."""
     from lbtf.experiments.config import from_flags
+    from lbtf.experiments.flagfiles import expand
 
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(["lbtf", *argv])
+    flags.FLAGS(["lbtf", *expand(list(argv))])
     return from_flags(flags.FLAGS, flags_text())
