@@ -100,7 +100,9 @@ def measurement_model(model: keras.Model, bn: str) -> keras.Model:
         twin = keras.models.clone_model(model, clone_function=_batch_statistics_layer)
     except ValueError as e:  # subclassed models cannot be cloned layer by layer
         raise ValueError(f"measuring with batch statistics needs a functional or Sequential "
-                         f"model ({str(e).splitlines()[0][:120]})") from None
+                         f"model ({str(e).splitlines()[0][:120]}); measure this one with moving "
+                         "statistics only: MeasureSettings(bn_modes=('moving',)), or "
+                         "--bn_measure=moving") from None
     ours = [tuple(v.shape) for v in model.trainable_variables]
     theirs = [tuple(v.shape) for v in twin.trainable_variables]
     if ours != theirs:
@@ -173,6 +175,44 @@ class BatchNormEstimator:
                 means[i] = means[i] + w * m.numpy().astype(np.float64)
                 variances[i] = variances[i] + w * v.numpy().astype(np.float64)
         assign_statistics(self.layers, means, variances)
+
+
+def estimate_by_calls(model: keras.Model, x: np.ndarray, *, batch_size: int) -> None:
+    """BatchNormEstimator's statistics for a model that cannot be cloned or probed (subclassed):
+    for one eager inference pass over chunks of `x`, each BN layer's call is replaced by one that
+    normalises with, and records, the mean and variance of its own input; the chunks' statistics,
+    weighted by size, become the moving statistics."""
+    layers = bn_layers(model)
+    n, b = len(x), max(1, min(batch_size, len(x)))
+    sums = {id(lay): [0.0, 0.0] for lay in layers}
+
+    def batch_call(lay):
+        def call(inputs, training=None, mask=None):
+            h = tf.cast(inputs, tf.float32)
+            axis = {a % h.shape.rank for a in (lay.axis if isinstance(lay.axis, list | tuple)
+                                               else [lay.axis])}
+            mean, var = tf.nn.moments(h, [a for a in range(h.shape.rank) if a not in axis],
+                                      keepdims=True)
+            w = int(h.shape[0]) / n
+            sums[id(lay)][0] += w * mean.numpy().astype(np.float64)
+            sums[id(lay)][1] += w * var.numpy().astype(np.float64)
+            shape = mean.shape
+            gamma = tf.reshape(lay.gamma, shape) if lay.gamma is not None else None
+            beta = tf.reshape(lay.beta, shape) if lay.beta is not None else None
+            out = tf.nn.batch_normalization(h, mean, var, beta, gamma, lay.epsilon)
+            return tf.cast(out, inputs.dtype)
+        return call
+
+    originals = {id(lay): lay.call for lay in layers}
+    try:
+        for lay in layers:
+            lay.call = batch_call(lay)
+        for i in range(0, n, b):
+            model(tf.constant(x[i:i + b]), training=False)
+    finally:
+        for lay in layers:
+            lay.call = originals[id(lay)]
+    assign_statistics(layers, *zip(*(sums[id(lay)] for lay in layers), strict=True))
 
 
 def assign_statistics(layers: list, means: list, variances: list) -> None:

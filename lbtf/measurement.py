@@ -6,32 +6,35 @@ them: under each BN mode, with Keras 1's loss clip, on the whole training set.
     table = measure_model(model, x_train, y_train, MeasureSettings(measures=("keskar", "trace")))
 
 `MeasureSettings`' defaults are the command line's flag defaults (a test holds them together), and
-`lbtf.experiments.sharpness` measures every saved minimiser through the same `Measurer`. The
-model must end in a softmax (the loss is the cross-entropy of probabilities) and `y` holds class
-ids. Measurement code knows nothing of how the network was trained.
+`lbtf.experiments.sharpness` measures every saved minimiser through the same `Measurer`. Any Keras
+classifier and its data are taken (softmax or logits, class ids or one-hot; lbtf.classifier checks
+them). Measurement code knows nothing of how the network was trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from lbtf import classifier
 from lbtf.bn import (
     BatchNormEstimator,
     bn_layers,
+    estimate_by_calls,
     estimation_subset,
     measurement_model,
     population_pass,
 )
+from lbtf.choices import MEASURE_BN, MEASURES
 from lbtf.hessian import top_eigenvalues_at
 from lbtf.measures import average_sharpness, hutchinson_trace, pacbayes_flatness
 from lbtf.objective import (
     Objective,
-    default_loss,
     flat_weights,
     measurement_loss,
     set_flat_weights,
@@ -65,6 +68,37 @@ class MeasureSettings:
     seed: int = 0
     jit_compile: bool = True
 
+    def __post_init__(self):
+        """Checked at construction, before any work, in the command line's words."""
+        for name in ("measures", "epsilons", "bn_modes"):  # lists as tuples: settings are keys
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("measures", "epsilons", "bn_modes"):
+            if not isinstance(getattr(self, name), tuple | list):
+                raise ValueError(f"MeasureSettings({name}=...) takes a tuple, e.g. {name}="
+                                 f"{MeasureSettings.__dataclass_fields__[name].default!r}")
+        if not self.measures or not set(self.measures) <= set(MEASURES) or len(
+                set(self.measures)) != len(self.measures):
+            raise ValueError(f"measures take names from {', '.join(MEASURES)} (each once), not "
+                             f"{tuple(self.measures)}")
+        if not self.bn_modes or not set(self.bn_modes) <= set(MEASURE_BN):
+            raise ValueError(f"bn_modes take names from {', '.join(MEASURE_BN)}, not "
+                             f"{tuple(self.bn_modes)}")
+        if not self.epsilons or not all(isinstance(e, int | float) and e > 0 for e in self.epsilons):
+            raise ValueError("epsilons take positive numbers, e.g. (1e-3, 5e-4)")
+        for name in ("maxiter", "starts", "bn_chunk", "eval_batch_size", "samples"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, not {getattr(self, name)!r}")
+        for name in ("subspace_dim", "hessian_k", "examples"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, not {getattr(self, name)!r}")
+        if not 0 <= self.loss_clip < 0.5:
+            raise ValueError(f"loss_clip must lie in [0, 0.5) (Keras 1: 1e-7; 0: the exact "
+                             f"loss), not {self.loss_clip}")
+        for name in ("average_sigma", "pacbayes_target", "pacbayes_eps", "subspace_memory_mb"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, not {getattr(self, name)!r}")
+
 
 class Measurer:
     """One network, one compiled objective per BN mode and one random subspace A, serving every
@@ -72,7 +106,7 @@ class Measurer:
     modes are one function, measured once (under the first)."""
 
     def __init__(self, model: keras.Model, x, y, settings: MeasureSettings = MeasureSettings(), *,
-                 strategy: tf.distribute.Strategy | None = None):
+                 strategy: tf.distribute.Strategy | None = None, from_logits: bool = False):
         self.model, self.settings = model, settings
         s, strategy = settings, strategy or tf.distribute.get_strategy()
         modes = s.bn_modes if bn_layers(model) else s.bn_modes[:1]
@@ -80,7 +114,8 @@ class Measurer:
             nets = {mode: measurement_model(model, mode) for mode in modes}
         x, y = subsample(x, y, s.examples or None, s.seed)
         self.objectives = {
-            mode: Objective(net, x, y, loss=measurement_loss(s.loss_clip), jit_compile=s.jit_compile,
+            mode: Objective(net, x, y, loss=measurement_loss(s.loss_clip, from_logits=from_logits),
+                            jit_compile=s.jit_compile,
                             batch_size=s.bn_chunk if mode == "batch" else s.eval_batch_size,
                             strategy=strategy)
             for mode, net in nets.items()}
@@ -159,36 +194,86 @@ def _say(log, line: str) -> None:
         log(line)
 
 
-def reestimate(model: keras.Model, x, y, *, examples: int, settings: MeasureSettings) -> None:
+def reestimate(model: keras.Model, x, y, *, examples: int, settings: MeasureSettings,
+               from_logits: bool = False):
     """The BN statistics the command line stores with a checkpoint (--bn_eval=recompute): the
     population statistics of the whole set in one pass when it fits, or else averaged over chunks
-    of a seeded subset of `examples`."""
-    whole = population_pass(model, x, y, loss=default_loss, jit_compile=settings.jit_compile)
-    if whole is not None:
-        whole()
-        return
-    BatchNormEstimator(model, estimation_subset(x, examples, settings.seed),
-                       batch_size=settings.eval_batch_size,
-                       jit_compile=settings.jit_compile)()
+    of a seeded subset of `examples`. Returns the estimator, to be called again (no retracing)."""
+    loss = measurement_loss(0.0, from_logits=from_logits)
+    whole = population_pass(model, x, y, loss=loss, jit_compile=settings.jit_compile)
+    if whole is None:
+        subset = estimation_subset(x, examples, settings.seed)
+        try:
+            whole = BatchNormEstimator(model, subset, batch_size=settings.eval_batch_size,
+                                       jit_compile=settings.jit_compile)
+        except (AttributeError, ValueError):  # subclassed: no graph to probe
+            def whole():
+                estimate_by_calls(model, subset, batch_size=settings.eval_batch_size)
+    whole()
+    return whole
 
 
-def measure_model(model: keras.Model, x, y, settings: MeasureSettings = MeasureSettings(), *,
-                  reestimate_bn: bool = True, bn_examples: int = 10000, log=print) -> pd.DataFrame:
+def _fingerprint(*arrays: np.ndarray) -> tuple:
+    digest = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        digest.update(str((a.shape, a.dtype)).encode())
+        digest.update(np.ascontiguousarray(a).tobytes())
+    return (digest.hexdigest(),)
+
+
+def _prepared(model: keras.Model, x, y, settings: MeasureSettings, from_logits: bool | None,
+              reestimate_bn: bool, bn_examples: int):
+    """(measurer, BN re-estimation or None) for this model, data and settings: made once and kept
+    on the model, so that a loop of calls compiles nothing again."""
+    classifier.check_built(model)
+    x, raw = classifier.as_arrays(x, y)
+    logits, classes = classifier.output_is_logits(model, x, from_logits)
+    ids = classifier.class_ids(raw, classes)
+    key = (settings, logits, reestimate_bn, bn_examples, *_fingerprint(x, ids))
+    cache = model.__dict__.setdefault("_lbtf_measurers", {})
+    if key not in cache:
+        measurer = Measurer(model, x, ids, settings, from_logits=logits)
+        again = None
+        if reestimate_bn and bn_layers(model):
+            again = reestimate(model, x, ids, examples=bn_examples, settings=settings,
+                               from_logits=logits)
+        cache.clear()  # one data set and setting at a time: the last one asked for
+        cache[key] = (measurer, again)
+    elif cache[key][1] is not None:
+        cache[key][1]()
+    return cache[key]
+
+
+# The rows' measure names as the settings name them (Metric 2.1's rows say "sharpness" inside lbtf).
+ROW_NAMES = {"sharpness": "keskar"}
+
+
+def measure_model(model: keras.Model, x, y=None, settings: MeasureSettings = MeasureSettings(), *,
+                  from_logits: bool | None = None, reestimate_bn: bool = True,
+                  bn_examples: int = 10000, log=print) -> pd.DataFrame:
     """Every measure of `settings` at `model`'s weights, one row per measurement (its `value`,
     BN mode, space, eps, f(x), iterations, ...), as the command line measures a saved minimiser.
+
+    Any Keras classifier: Sequential, functional or subclassed (moving BN statistics only: pass
+    bn_modes=("moving",)), ending in a softmax or in logits (detected from its outputs, or
+    `from_logits`); `x`, `y` as arrays (class ids or one-hot) or `x` a finite tf.data.Dataset of
+    (x, y). Bad input raises one ValueError before any work.
 
     With `reestimate_bn` (the command line stores re-estimated statistics with every checkpoint),
     the BN moving statistics used by "moving" mode are first re-estimated from up to `bn_examples`
     seeded training examples; the model's own statistics are restored afterwards. The trainable
-    weights are restored after every measurement."""
+    weights are restored after every measurement. Repeated calls on one model and data reuse
+    what was compiled."""
     saved = [v.numpy() for lay in bn_layers(model) for v in lay.non_trainable_variables]
     try:
-        if reestimate_bn and saved:
-            reestimate(model, x, y, examples=bn_examples, settings=settings)
-        measurer, w = Measurer(model, x, y, settings), flat_weights(model)
+        measurer, _ = _prepared(model, x, y, settings, from_logits, reestimate_bn, bn_examples)
+        w = flat_weights(model)
         rows = measurer.measure(log=log)
         set_flat_weights(model, w)
-        return pd.DataFrame(rows)
+        table = pd.DataFrame(rows)
+        if "measure" in table:
+            table["measure"] = table["measure"].replace(ROW_NAMES)
+        return table
     finally:
         stats = [v for lay in bn_layers(model) for v in lay.non_trainable_variables]
         for v, value in zip(stats, saved, strict=True):

@@ -42,9 +42,16 @@ def clipped_cross_entropy(clip: float) -> LossFn:
     return loss
 
 
-def measurement_loss(clip: float = 0.0) -> LossFn:
-    """The per-example loss of measurements: exact cross-entropy (clip 0) or Keras 1's clipped one."""
-    return clipped_cross_entropy(clip) if clip else default_loss
+def measurement_loss(clip: float = 0.0, *, from_logits: bool = False) -> LossFn:
+    """The per-example loss of measurements: exact cross-entropy (clip 0) or Keras 1's clipped one,
+    of a model's probabilities or (from_logits) of the softmax of its logits."""
+    if not from_logits:
+        return clipped_cross_entropy(clip) if clip else default_loss
+    if clip:
+        clipped = clipped_cross_entropy(clip)
+        return lambda y_true, logits: clipped(y_true, tf.nn.softmax(logits))
+    return lambda y_true, logits: keras.losses.sparse_categorical_crossentropy(
+        y_true, logits, from_logits=True)
 
 
 def flat_weights(model: keras.Model) -> np.ndarray:
