@@ -8,6 +8,7 @@ resume checkpoint once the run's record is written (`remove_resume`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -18,6 +19,8 @@ import tensorflow as tf
 
 from lbtf.errors import WRITE_FAILED_HINT, UsageError
 from lbtf.runs import read_path, write_path
+
+KERAS_WEIGHTS = ".weights.h5"  # Keras' own weights format, beside every kept TF checkpoint
 
 
 class RunState(tf.train.experimental.PythonState):
@@ -49,6 +52,7 @@ class Checkpoints:
         self.save_dir = Path(save_dir or directory)
         self.directory = Path(directory)
         self.state = RunState()
+        self.model = trackables["model"]
         self._full = tf.train.Checkpoint(**trackables, state=self.state)
         self._model = tf.train.Checkpoint(model=trackables["model"])
         self._resume = tf.train.CheckpointManager(self._full, str(self.save_dir / "resume"),
@@ -75,7 +79,13 @@ class Checkpoints:
         return None
 
     def save_weights(self, epoch: int) -> None:
+        """The epoch's weights as a TensorFlow checkpoint (weights-<epoch>) and, for Keras' own
+        `model.load_weights`, as weights-<epoch>.weights.h5 beside it (written whole, then
+        renamed, so a crash never leaves a partial file under the final name)."""
         _guarded(lambda: self._model.write(str(self.save_dir / f"weights-{epoch}")), self.save_dir)
+        partial = self.save_dir / f"weights-{epoch}.partial.weights.h5"
+        _guarded(lambda: self.model.save_weights(str(partial)), self.save_dir)
+        partial.replace(self.save_dir / f"weights-{epoch}{KERAS_WEIGHTS}")
 
     def delete_weights(self, epoch: int) -> None:
         for f in self.save_dir.glob(f"weights-{epoch}.*"):
@@ -133,10 +143,22 @@ def restore_weights(model: keras.Model, checkpoint: str) -> None:
 
 
 def load_weights(model: keras.Model, checkpoint: str, network: str) -> None:
-    """Loads an lbtf checkpoint, or raises a UsageError naming the checkpoint and the network."""
+    """Loads weights into `model` from an lbtf checkpoint prefix, a `.weights.h5` file, a run's
+    checkpoint folder or a run folder with one run (see `locate`); raises a UsageError naming
+    the checkpoint and the network."""
+    plain = not checkpoint.endswith((KERAS_WEIGHTS, ".keras")) and not Path(checkpoint).is_dir()
+    # A plain prefix as given: a worker reads it through read_path (its scratch copy).
+    found = Located("tf", checkpoint) if plain else locate(checkpoint)
+    if found.kind == "keras":
+        raise UsageError(f"{checkpoint} is a whole Keras model; load it with "
+                         "keras.models.load_model, or pass its .weights.h5")
     try:
-        restore_weights(model, str(read_path(checkpoint)))
-    except (tf.errors.OpError, ValueError, AssertionError) as e:  # missing, corrupt, other net
+        if found.kind == "h5":
+            model.load_weights(found.path)
+        else:
+            restore_weights(model, str(read_path(found.path)))
+    except (tf.errors.OpError, ValueError, AssertionError, OSError,
+            KeyError) as e:  # missing, corrupt, other net
         first = str(e).strip().splitlines()[0][:160]
         raise UsageError(f"cannot load checkpoint {checkpoint} into network {network} ({first}); "
                          "pass a weights checkpoint written by lbtf for the same --network, "
@@ -166,3 +188,70 @@ def keep_weights(ckpts: Checkpoints, *, epoch: int, best: int, reason: str | Non
     if best != kept_best and not scheduled(kept_best):
         ckpts.delete_weights(kept_best)
     return best
+
+
+@dataclasses.dataclass(frozen=True)
+class Located:
+    """What a --checkpoint path names: kind "tf" (an lbtf weights prefix), "h5" (Keras
+    weights) or "keras" (a whole Keras model); the run folder and run it belongs to (None for a
+    file from elsewhere) and its epoch."""
+    kind: str
+    path: str
+    run_dir: Path | None = None
+    run: str | None = None
+    epoch: int | None = None
+
+
+HINT = ("pass a weights prefix such as outputs/<run>/checkpoints/trial0_LB/weights-40, its "
+        "folder, a run folder, a .weights.h5 or a .keras file")
+
+
+def _in_run(prefix: Path, kind: str) -> Located:
+    """A checkpoint inside a run folder's checkpoints/<run>/ (or anywhere else)."""
+    m = re.fullmatch(r"weights-(\d+)", prefix.name.removesuffix(KERAS_WEIGHTS))
+    run_dir = prefix.parent.parent.parent
+    inside = prefix.parent.parent.name == "checkpoints" and (run_dir / "flags.txt").is_file()
+    return Located(kind, str(prefix), run_dir if inside else None, prefix.parent.name if inside else None,
+                   int(m.group(1)) if m else None)
+
+
+def _measured(run_folder: Path) -> str | None:
+    """The checkpoint a finished run measured (results.json's runs), if it is one run's folder."""
+    results = run_folder.parent.parent / "results.json"
+    try:
+        runs = json.loads(results.read_text()).get("runs", [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    mine = [r.get("checkpoint") for r in runs if isinstance(r, dict)
+            and Path(str(r.get("checkpoint_dir", ""))).name == run_folder.name]
+    return mine[0] if mine and mine[0] and Path(mine[0] + ".index").is_file() else None
+
+
+def locate(path: str | None) -> Located:
+    """What `path` names: a prefix, a .weights.h5, a .keras file, a run's checkpoint folder (the
+    checkpoint its run measured, else its last kept epoch) or a run folder holding one run."""
+    if not path:
+        raise UsageError(f"no checkpoint given; {HINT}")
+    p = Path(path)
+    if p.suffix == ".keras":
+        if not p.is_file():
+            raise UsageError(f"Keras model {path} not found; {HINT}")
+        return Located("keras", str(p))
+    if path.endswith(KERAS_WEIGHTS):
+        if not p.is_file():
+            raise UsageError(f"Keras weights file {path} not found; {HINT}")
+        return _in_run(p, "h5")
+    if p.is_dir() and (p / "checkpoints").is_dir():  # a run folder
+        runs = sorted(d.name for d in (p / "checkpoints").iterdir() if d.is_dir())
+        if len(runs) != 1:
+            raise UsageError(f"run folder {path} holds {len(runs)} runs ({', '.join(runs)}); pass "
+                             f"one of them, e.g. {p / 'checkpoints' / (runs or ['trial0_LB'])[0]}")
+        p = p / "checkpoints" / runs[0]
+    if p.is_dir():
+        chosen = _measured(p) or checkpoint_at(p) or tf.train.latest_checkpoint(str(p))
+        if chosen is None:
+            raise UsageError(f"no checkpoint in folder {path}; {HINT}")
+        return _in_run(Path(chosen), "tf")
+    if not Path(path + ".index").is_file():
+        raise UsageError(f"checkpoint {path} not found (no {path}.index); {HINT}")
+    return _in_run(p, "tf")

@@ -24,7 +24,7 @@ def _fields() -> dict[str, str]:
 
 def test_every_flag_is_exactly_one_field_and_back():
     names = {f.name for f in module_flags()}
-    fields = set(_fields()) - {"flags_text"}
+    fields = set(_fields()) - {"flags_text", "explicit"}
     assert names == fields
     assert not names & set(RENAMED)  # old names are aliases, not flags of their own
 
@@ -105,3 +105,8 @@ def test_milestones_no_run_reaches_are_named_in_a_warning():
     assert milestone_warning(parse(["--flagfile=flags/hoffer_F1.flags"])) is None
     assert "--lr_milestones 100 " in milestone_warning(parse(["--lr_milestones=100",
                                                               "--max_epochs=100"]))
+
+
+def test_the_config_knows_which_flags_were_given():
+    cfg = parse(["--network=F2", "--seed=0"])  # 0 is the default: given all the same
+    assert {"network", "seed"} <= set(cfg.run.explicit) and "dataset" not in cfg.run.explicit

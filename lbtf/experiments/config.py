@@ -28,6 +28,8 @@ class RunConfig:
     run_name: str | None
     shard: str | None        # "i/N": this process's share of the runs (lbtf.experiments.sharding)
     flags_text: str          # the resolved flags as a flagfile, saved as the run's flags.txt
+    # The flags the command line (or a flagfile) set: how a value came, not what it is.
+    explicit: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
 
 @_frozen
@@ -166,13 +168,20 @@ def field_group(name: str) -> str:
     return owners[0]
 
 
-def from_flags(values, flags_text: str = "") -> Config:
+def from_flags(values, flags_text: str = "", explicit: tuple[str, ...] = ()) -> Config:
     """The Config of parsed flags (absl FlagValues or anything with the flags as attributes)."""
+    own = {"flags_text": flags_text, "explicit": tuple(explicit)}
+
     def group(cls):
-        return cls(**{f.name: _CONVERT.get(f.name, _as_tuple)(getattr(values, f.name))
-                      for f in dataclasses.fields(cls) if f.name != "flags_text"},
-                   **({"flags_text": flags_text} if cls is RunConfig else {}))
+        return cls(**{f.name: convert(f.name, getattr(values, f.name))
+                      for f in dataclasses.fields(cls) if f.name not in own},
+                   **(own if cls is RunConfig else {}))
     return Config(**{name: group(cls) for name, cls in _CLASSES.items()})
+
+
+def convert(name: str, value):
+    """A flag's parsed value as its Config field holds it (tuples, batch specs)."""
+    return _CONVERT.get(name, _as_tuple)(value)
 
 
 def _as_tuple(value):

@@ -27,7 +27,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; flags look like --name=value")
     logging.set_verbosity(logging.WARNING)  # no INFO line per checkpoint save
-    config = from_flags(FLAGS, lbtf_flags.flags_text())  # the one place flags become a Config
+    # The one place flags become a Config.
+    config = from_flags(FLAGS, lbtf_flags.flags_text(), lbtf_flags.explicit_flags())
     experiment = importlib.import_module(f"lbtf.experiments.{config.run.experiment}")
     try:
         experiment.run(config)

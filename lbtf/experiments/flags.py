@@ -400,6 +400,29 @@ def module_flags() -> list:
     return [f for f in flags.FLAGS.get_flags_for_module(__name__) if f.name not in RENAMED]
 
 
+def explicit_flags() -> tuple[str, ...]:
+    """The lbtf flags the command line or a flagfile set (not left at their defaults)."""
+    return tuple(f.name for f in module_flags() if f.present)
+
+
+def read_saved(path) -> dict[str, object]:
+    """A run's flags.txt as {flag name: value}, each parsed by its flag's own parser; names lbtf
+    no longer defines are skipped."""
+    known, values = {f.name: f for f in module_flags()}, {}
+    with open(path) as f:
+        lines = [s.strip() for s in f.read().splitlines()]
+    for line in lines:
+        if not line.startswith("--"):
+            continue
+        name, eq, text = line[2:].partition("=")
+        if not eq:  # a boolean: --name or --noname
+            name, text = (name[2:], "false") if name not in known and name[2:] in known else (
+                name, "true")
+        if name in known:
+            values[name] = known[name].parser.parse(text)
+    return values
+
+
 def flags_text() -> str:
     """The resolved flags as a flagfile (the run folder's flags.txt)."""
     return "".join(f.serialize() + "\n" for f in module_flags()
@@ -414,4 +437,4 @@ def parse(argv: list[str]):
 
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["lbtf", *expand(list(argv))])
-    return from_flags(flags.FLAGS, flags_text())
+    return from_flags(flags.FLAGS, flags_text(), explicit_flags())

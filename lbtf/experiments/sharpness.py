@@ -8,37 +8,69 @@ lbtf.measurement (every measure), lbtf.sharpness, lbtf.hessian.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import pandas as pd
 import tensorflow as tf
 
-from lbtf import report
+from lbtf import classifier, report
 from lbtf.bn import rescale_into_bn
-from lbtf.checkpoints import checkpoint_at, load_weights
+from lbtf.checkpoints import Located, load_weights, locate
 from lbtf.errors import UsageError
 from lbtf.experiments import prepare, rundir, training
-from lbtf.experiments.config import Config
+from lbtf.experiments.config import Config, convert, field_group, override
+from lbtf.experiments.flags import read_saved
 from lbtf.hessian import EIGEN_METHOD
 from lbtf.measurement import Measurer, MeasureSettings
 from lbtf.sharpness import SUBSPACE_METHOD
 
+# What a checkpoint's run decides about measuring it again: its network, data and loss.
+INHERITED = ("network", "arch_variant", "dataset", "data_dir", "mnist1d_samples", "timit_path",
+             "synthetic_shape", "synthetic_classes", "synthetic_train", "synthetic_test",
+             "normalize", "bn_layer", "ghost_batch_size", "loss_clip", "bn_measure_chunk", "seed")
+
 
 def resolve_checkpoint(path: str | None) -> str:
-    """A checkpoint prefix from a prefix or a folder (its last kept epoch, or its latest
-    checkpoint when it is not an lbtf run's folder)."""
-    if not path:
-        raise UsageError("--experiment=sharpness needs --checkpoint=PATH (a weights checkpoint "
-                         "prefix such as outputs/<run>/checkpoints/trial0_LB/weights-40, or a folder)")
-    if Path(path).is_dir():
-        latest = checkpoint_at(path) or tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise UsageError(f"no checkpoint in folder {path}; pass a folder written by lbtf")
-        return latest
-    if not Path(path + ".index").is_file():
-        raise UsageError(f"checkpoint {path} not found (no {path}.index); pass an existing "
-                         "weights checkpoint prefix or its folder")
-    return path
+    """A checkpoint prefix or file from what --checkpoint names (lbtf.checkpoints.locate)."""
+    return locate(path).path
+
+
+def as_trained(cfg: Config, found: Located, log=print) -> Config:
+    """`cfg` with the INHERITED settings of the run that wrote the checkpoint (its flags.txt),
+    except those set on this command line; says which it took."""
+    if found.run_dir is None:
+        return cfg
+    saved = read_saved(found.run_dir / "flags.txt")
+    taken = {n: convert(n, saved[n]) for n in INHERITED
+             if n in saved and n not in cfg.run.explicit}
+    changed = {n: v for n, v in taken.items() if v != getattr(getattr(cfg, field_group(n)), n)}
+    if changed:
+        log(f"measuring as the run trained (from {found.run_dir / 'flags.txt'}; a flag given here "
+            f"overrides): " + " ".join(f"--{n}={v}" for n, v in changed.items()))
+    return override(cfg, taken)
+
+
+def recorded_loss(found: Located) -> float | None:
+    """The training loss the run recorded at the checkpoint's epoch (its runs/ record)."""
+    if found.run_dir is None or not found.epoch:
+        return None
+    try:
+        record = json.loads((found.run_dir / "runs" / f"{found.run}.json").read_text())
+        return next(float(h["train_loss"]) for h in record["history"] if h["epoch"] == found.epoch)
+    except (OSError, ValueError, KeyError, StopIteration, TypeError):
+        return None
+
+
+def loss_check(found: Located, f_x: float) -> str | None:
+    """A warning when f(x) at the checkpoint is not the training loss its run recorded there:
+    the data, the network or the BN statistics are not the run's."""
+    recorded = recorded_loss(found)
+    if recorded is None or abs(f_x - recorded) <= 1e-3 * max(1.0, abs(recorded)):
+        return None
+    return (f"warning: f(x) = {f_x:.6g} at {found.path}, but its run recorded a training loss of "
+            f"{recorded:.6g} at epoch {found.epoch}: this is not measured on the data and network "
+            "it trained on (a flag given here that differs from the run's flags.txt?)")
 
 
 def measurement_chunk(cfg: Config, mode: str) -> int:
@@ -103,8 +135,8 @@ def settings(cfg: Config) -> MeasureSettings:
 
 
 def measure_minimizers(cfg: Config, data, minimizers: list[dict], *, strategy=None, log=print,
-                       cache_dir: Path | None = None,
-                       rescaled: list | None = None) -> pd.DataFrame:
+                       cache_dir: Path | None = None, rescaled: list | None = None,
+                       model=None) -> pd.DataFrame:
     """Every measure of --measures at every minimiser (dicts with a 'checkpoint' and label
     fields), under every --bn_measure mode: one row per measurement, labelled with its BN mode
     ("bn") and loss clip ("loss_clip").
@@ -116,10 +148,15 @@ def measure_minimizers(cfg: Config, data, minimizers: list[dict], *, strategy=No
     out, and appended to `rescaled` when given.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    with strategy.scope():
-        # The trained network's layers (--bn_layer=none has no BN variables to load).
-        model = training.model_builder(cfg, data)()
-    measurer = Measurer(model, data.x_train, data.y_train, settings(cfg), strategy=strategy)
+    logits = False
+    if model is None:
+        with strategy.scope():
+            # The trained network's layers (--bn_layer=none has no BN variables to load).
+            model = training.model_builder(cfg, data)()
+    else:  # a user's own model: it may end in logits
+        logits, _ = classifier.output_is_logits(model, data.x_train, None)
+    measurer = Measurer(model, data.x_train, data.y_train, settings(cfg), strategy=strategy,
+                        from_logits=logits)
     rows = []
     for m in minimizers:
         labels = {k: v for k, v in m.items() if k != "checkpoint"}
@@ -138,7 +175,8 @@ def measure_minimizers(cfg: Config, data, minimizers: list[dict], *, strategy=No
 def _measure_one(cfg: Config, measurer: Measurer, checkpoint: str, labels: dict, log) -> dict:
     """Every measure at one checkpoint; with --rescale_check=a, again after rescaling the weights
     that feed BN by a (rows labelled `rescale`: 1 for the checkpoint as trained)."""
-    load_weights(measurer.model, checkpoint, cfg.model.network)
+    if checkpoint is not None:  # None: the model as given
+        load_weights(measurer.model, checkpoint, cfg.model.network)
     rows = measurer.measure({**labels, "rescale": 1.0}, log)
     a = cfg.measure.rescale_check
     if a:
@@ -148,18 +186,50 @@ def _measure_one(cfg: Config, measurer: Measurer, checkpoint: str, labels: dict,
     return {"rows": rows}
 
 
+def _keras_model(found: Located, data, strategy):
+    """A user's .keras model, loaded as data (Keras' safe mode: no code from the file)."""
+    import keras
+
+    with strategy.scope():
+        try:
+            model = keras.models.load_model(found.path, compile=False, safe_mode=True)
+        except Exception as e:  # a crafted or foreign file: refused, never run
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise UsageError(f"cannot load Keras model {found.path} ({first}); pass a .keras file "
+                             "saved by model.save, without Lambda layers") from None
+    shape = tuple(model.input_shape[1:]) if hasattr(model, "input_shape") else None
+    if shape is not None and shape != tuple(data.input_shape):
+        raise UsageError(f"{found.path} takes inputs of shape {shape} but --dataset="
+                         f"{data.name} has {tuple(data.input_shape)}; pass its own --dataset")
+    return model
+
+
 def run(cfg: Config, log=print):
-    checkpoint = resolve_checkpoint(cfg.measure.checkpoint)
+    if not cfg.measure.checkpoint:
+        raise UsageError("--experiment=sharpness needs --checkpoint=PATH (a weights checkpoint "
+                         "prefix such as outputs/<run>/checkpoints/trial0_LB/weights-40, its "
+                         "folder, a run folder, a .weights.h5 or a .keras file)")
+    found = locate(cfg.measure.checkpoint)
+    cfg = as_trained(cfg, found, log)
     data, strategy, _ = prepare.prepare(cfg, {})
-    table = measure_minimizers(cfg, data, [{"checkpoint": checkpoint}], strategy=strategy,
-                               log=log)
+    model = _keras_model(found, data, strategy) if found.kind == "keras" else None
+    target = None if model is not None else found.path
+    table = measure_minimizers(cfg, data, [{"checkpoint": target}], strategy=strategy, log=log,
+                               model=model)
+    moving = table[table.bn == table.bn.iloc[0]] if "bn" in table and len(table) else table
+    warning = loss_check(found, float(moving.f_x.iloc[0])) if "f_x" in moving and len(moving) \
+        else None
+    if warning:
+        log(warning)
     run_dir = rundir.start_run(cfg, "sharpness", strategy)
-    text = "\n\n".join([f"# Sharpness of {checkpoint}",
-                        f"{cfg.model.network} ({cfg.model.arch_variant}) on {data.name}, "
-                        f"{len(table)} measurements.", report.measurements_markdown(table)])
-    results = {"experiment": "sharpness", "checkpoint": checkpoint, "network": cfg.model.network,
-               "dataset": data.name, "environment": rundir.environment(strategy),
-               "measurement": measurement_record(cfg),
+    text = "\n\n".join([f"# Sharpness of {found.path}",
+                        f"{cfg.model.network if model is None else model.name} on {data.name}, "
+                        f"{len(table)} measurements.", *([warning] if warning else []),
+                        report.measurements_markdown(table)])
+    results = {"experiment": "sharpness", "checkpoint": found.path, "network": cfg.model.network
+               if model is None else model.name, "dataset": data.name,
+               "environment": rundir.environment(strategy),
+               "measurement": measurement_record(cfg), "loss_check": warning,
                "measurements": table.to_dict(orient="records")}
     rundir.write_results(run_dir, results, text + "\n", log=log)
     log(f"\n{report.measurements_markdown(table)}\n\nreport: {run_dir / 'report.md'}")
