@@ -153,15 +153,39 @@ def shared(array: np.ndarray, key: tuple, make: Callable[[], object], *, owner: 
     return _SHARED[k][1]
 
 
+def on_each_replica(strategy: tf.distribute.Strategy, value_fn: Callable):
+    """Per-replica values, each copied to its own replica's device. TensorFlow calls the value
+    function of `experimental_distribute_values_from_function` with no device scope, so without
+    this every copy would sit on the first device and each step would read it from there (a
+    copy of the data out of GPU:0 per step on a multi-GPU node). `value_fn(ctx)` is computed on
+    the host, then copied once to the device. int32 values become int64: TensorFlow keeps int32
+    function inputs in host memory, so an int32 copy would be read from the host at every step
+    (consumers cast a gathered batch back)."""
+    if strategy.num_replicas_in_sync == 1:  # one device: nothing to place (nor any devices list)
+        return strategy.experimental_distribute_values_from_function(value_fn)
+    devices = strategy.extended.worker_devices
+
+    def placed(ctx: tf.distribute.ValueContext) -> tf.Tensor:
+        with tf.device("/cpu:0"):
+            value = tf.convert_to_tensor(value_fn(ctx))
+            value = tf.cast(value, tf.int64) if value.dtype == tf.int32 else value
+        # Replicas are numbered worker by worker, each worker holding len(devices) of them.
+        with tf.device(devices[ctx.replica_id_in_sync_group % len(devices)]):
+            return tf.identity(value)
+
+    return strategy.experimental_distribute_values_from_function(placed)
+
+
 def place(strategy: tf.distribute.Strategy, array: np.ndarray):
     """`array` held once on each replica's device: a tensor on one replica, else per-replica
-    copies made under each device's scope (`experimental_distribute_values_from_function`), so no
-    step reads data from another device. Shared by every caller with the same array and strategy."""
+    copies on each replica's device (`on_each_replica`), so no step reads data from another
+    device. Shared by every caller with the same array and strategy."""
     def make():
         if strategy.num_replicas_in_sync == 1:
             return tf.constant(array)
-        return strategy.experimental_distribute_values_from_function(
-            lambda ctx: tf.identity(tf.constant(array)))
+        with tf.device("/cpu:0"):
+            host = tf.constant(array)
+        return on_each_replica(strategy, lambda ctx: host)
     return shared(array, ("placed",), make, owner=strategy)
 
 
@@ -181,7 +205,7 @@ def from_chief(strategy: tf.distribute.Strategy, values: Sequence[float]) -> lis
     def chief_only(ctx: tf.distribute.ValueContext) -> tf.Tensor:
         return mine if ctx.replica_id_in_sync_group == 0 else tf.zeros_like(mine)
 
-    per_replica = strategy.experimental_distribute_values_from_function(chief_only)
+    per_replica = on_each_replica(strategy, chief_only)
     return [float(v) for v in strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)]
 
 
@@ -193,5 +217,5 @@ def split_columns(strategy: tf.distribute.Strategy, idx: tf.Tensor) -> object:
         r = ctx.replica_id_in_sync_group
         return idx[:, r * b:(r + 1) * b]
 
-    return strategy.experimental_distribute_values_from_function(columns)
+    return on_each_replica(strategy, columns)
 

@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lbtf.distribute import on_each_replica
+
 LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
@@ -165,7 +167,8 @@ def _batch_sums(model: keras.Model, loss_fn: LossFn, x, y, mask) -> tuple[tf.Ten
     for i in tf.range(tf.shape(x)[0]):
         probs = model(x[i], training=False)
         loss += tf.reduce_sum(loss_fn(y[i], probs) * mask[i])
-        hit = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y[i]), tf.float32)
+        hit = tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32),
+                               tf.cast(y[i], tf.int32)), tf.float32)
         correct += tf.reduce_sum(hit * mask[i])
     return loss, correct
 
@@ -184,8 +187,7 @@ def _spread_evaluator(model, loss_fn, strategy) -> Callable[[EvalSet], tuple[flo
         cache = split.__dict__.setdefault("_spread", {})
         if id(strategy) not in cache:
             cache[id(strategy)] = (strategy, [tuple(
-                strategy.experimental_distribute_values_from_function(
-                    lambda ctx, t=t: tf.identity(t[ctx.replica_id_in_sync_group::replicas]))
+                on_each_replica(strategy, lambda ctx, t=t: t[ctx.replica_id_in_sync_group::replicas])
                 for t in part) for part in split.parts])
         return cache[id(strategy)][1]
 
@@ -237,8 +239,7 @@ class Objective:
         replicas = self.strategy.num_replicas_in_sync
         if replicas == 1:
             return t
-        return self.strategy.experimental_distribute_values_from_function(
-            lambda ctx: t[ctx.replica_id_in_sync_group::replicas])
+        return on_each_replica(self.strategy, lambda ctx: t[ctx.replica_id_in_sync_group::replicas])
 
     def _sum_over_replicas(self, value):
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)

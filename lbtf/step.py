@@ -76,7 +76,7 @@ class TrainStep:
         (conservative training: one proximal subproblem, `conservative_steps` steps on the same
         batch)."""
         ids = idx[i]
-        xb, yb = tf.gather(x, ids), tf.gather(y, ids)
+        xb, yb = tf.gather(x, ids), tf.cast(tf.gather(y, ids), tf.int32)  # int64 on replicas
         if self.augment is not None:
             xb = self.augment(xb, training=True)
         variables = self.model.trainable_variables
