@@ -54,6 +54,9 @@ def _atomic(path: Path, write) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # mkstemp makes the file 0600: give it what a plain open() would (0644 under umask 022),
+        # so that a colleague, a TensorBoard or a web server under another account can read it.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -64,6 +67,13 @@ def _atomic(path: Path, write) -> None:
     finally:
         if tmp is not None and Path(tmp).exists():
             Path(tmp).unlink()
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, so set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:

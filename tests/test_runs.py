@@ -50,3 +50,31 @@ def test_a_non_chief_worker_writes_to_its_scratch_and_reads_its_own_copy_first(t
     (scratch / "ckpt").mkdir()
     (scratch / "ckpt" / "weights-3.index").write_text("")
     assert runs.read_path(run / "ckpt" / "weights-3") == scratch / "ckpt" / "weights-3"
+
+
+def test_every_file_a_run_writes_follows_the_umask(tmp_path, data_dir):
+    """A whole table2 run (records, results, report, figures, checkpoints, TensorBoard) under
+    umask 027: every file 0640 and every folder 0750, what plain open() and mkdir give; under
+    mkstemp's 0600 a colleague's account could not read the report."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run_experiments.py"), f"--data_dir={data_dir}",
+         f"--output_dir={out}", "--run_name=r", "--mnist1d_samples=500", "--max_epochs=2",
+         "--trials=1", "--patience=2", "--parametric=linear", "--parametric_points=3",
+         "--epsilons=1e-3", "--subspace_dim=0", "--sharpness_maxiter=1", "--nojit_compile"],
+        umask=0o027, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wrong = []
+    for path in (out / "r").rglob("*"):
+        want = 0o750 if path.is_dir() else 0o640
+        if path.stat().st_mode & 0o777 != want:
+            wrong.append(f"{path.relative_to(out)} {oct(path.stat().st_mode & 0o777)}")
+    assert not wrong, wrong
+    assert (out / "r" / "report.md").is_file() and list((out / "r").glob("*.png"))
