@@ -171,3 +171,34 @@ def test_a_trial_trains_alike_whether_or_not_earlier_trials_ran():
     alone.train_epoch(np.random.default_rng(1))
     for a, b in zip(values(after_trial0.model), values(alone.model), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _measured(run) -> list:
+    import json
+
+    results = json.loads((run / "results.json").read_text())
+    return [(r["trial"], r["regime"], r["train_loss"], r["test_acc"]) for r in results["runs"]] + [
+        (m["regime"], m["bn"], m["value"]) for m in results["measurements"]]
+
+
+def test_a_finished_trial_with_its_second_record_truncated_restarts_to_the_same_results(
+        tmp_path, data_dir):
+    """The case that crashed every restart (TypeError in Trainer.reset): a trial's SB record
+    whole, its LB record truncated after the atomic write (a failing disk). The restart names the
+    damage in one line, trains LB again from the trial's own start, and ends as it did."""
+    from conftest import run_experiment
+
+    args = [f"--data_dir={data_dir}", f"--output_dir={tmp_path}", "--run_name=r",
+            "--mnist1d_samples=500", "--max_epochs=3", "--trials=1", "--patience=2",
+            "--parametric=", "--epsilons=1e-3", "--subspace_dim=0", "--sharpness_maxiter=1",
+            "--nojit_compile", "--deterministic"]
+    run, _ = run_experiment(*args)
+    before = _measured(run)
+    record = run / "runs" / "trial0_LB.json"
+    record.write_bytes(record.read_bytes()[:50])
+    (run / "results.json").unlink()
+    again, log = run_experiment(*args)
+    damaged = [line for line in log.splitlines() if "damaged" in line]
+    assert damaged == [damaged[0]] and "runs/trial0_LB.json" in damaged[0], damaged
+    assert "Traceback" not in log
+    assert _measured(again) == before

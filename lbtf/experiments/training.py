@@ -79,11 +79,12 @@ def make_trainer(cfg: Config, data, strategy, batch: int, **fields) -> Trainer:
                    strategy=strategy)
 
 
-def train_from(trainer: Trainer, start: list, **kwargs) -> dict:
-    """`train_once` after resetting the trainer to the model variables `start`; the augmentation
-    takes the trial's own stream (seed - --seed), so a trial trains alike whether or not the
-    trials before it ran in this process."""
-    trainer.reset(start, stream=kwargs["seed"] - trainer.config.seed)
+def train_from(trainer: Trainer, start, **kwargs) -> dict:
+    """`train_once` after resetting the trainer to the model variables `start` (or what a
+    callable `start` returns); the augmentation takes the trial's own stream (seed - --seed), so a
+    trial trains alike whether or not the trials before it ran in this process."""
+    trainer.reset(start() if callable(start) else start,
+                  stream=kwargs["seed"] - trainer.config.seed)
     return train_once(trainer, **kwargs)
 
 
@@ -157,16 +158,21 @@ def train_regimes(cfg: Config, *, data, strategy, batches: dict[str, int], run_d
     finals, histories = [], []
     for trial in range(cfg.training.trials):
         seed = cfg.training.seed + trial
-        start = None  # drawn only when a run of this trial is still to do
+        starts: list = []  # drawn only when a run of this trial is computed (once per trial)
+
+        def start_of(seed=seed, starts=starts):
+            if not starts:
+                starts.append(initial_variables(build, seed))
+            return starts[0]
         for position, (regime, trainer) in enumerate(trainers.items()):
             if not sharding.owns(cfg.run.shard, trial * len(trainers) + position):
                 continue  # another shard's run
             batch, name = batches[regime], f"trial{trial}_{regime}"
             path = run_dir / "runs" / f"{name}.json"
-            if start is None and not path.is_file():
-                start = initial_variables(build, seed)
+            # The start is drawn when the run is computed: also for a damaged record, which
+            # `cached` discards and computes again.
             record = cached(path, functools.partial(
-                train_from, trainer, start, name=name, run_dir=run_dir, seed=seed, log=log,
+                train_from, trainer, start_of, name=name, run_dir=run_dir, seed=seed, log=log,
                 hparams={"network": cfg.model.network, "dataset": data.name, "regime": regime,
                          "batch_size": batch, "seed": seed,
                          "learning_rate": trainer.config.learning_rate},
