@@ -249,6 +249,48 @@ def load_timit(path: str | None) -> Dataset:
                    arrays["y_test"], TIMIT_CLASSES)
 
 
+NPZ_HINT = ("pass --dataset=npz:FILE.npz holding x_train [N, ...], y_train [N] (class ids), "
+            "x_test [M, ...], y_test [M], as numeric arrays")
+
+
+def load_npz(path: str) -> Dataset:
+    """A researcher's own data: an .npz of x_train, y_train, x_test, y_test, used as stored
+    (floats; --normalize standardises them). Loaded as data only: a file holding pickled Python
+    objects is refused, never unpickled."""
+    if not Path(path).is_file():
+        raise UsageError(f"data file not found: {path!r}; {NPZ_HINT}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except KeyError as e:
+        raise UsageError(f"data file {path} lacks array {e}; {NPZ_HINT}") from None
+    except ValueError as e:
+        why = ("holds pickled Python objects, which lbtf never loads" if "pickle" in str(e)
+               else f"is not a readable .npz ({str(e)[:80]})")
+        raise UsageError(f"data file {path} {why}; {NPZ_HINT}") from None
+    except Exception as e:
+        raise UsageError(f"cannot read data file {path} ({type(e).__name__}); {NPZ_HINT}") from None
+    return _checked_npz(path, arrays)
+
+
+def _checked_npz(path: str, a: dict[str, np.ndarray]) -> Dataset:
+    for split in ("train", "test"):
+        x, y = a[f"x_{split}"], a[f"y_{split}"]
+        if not (np.issubdtype(x.dtype, np.number) and np.issubdtype(y.dtype, np.integer)):
+            raise UsageError(f"{path}: x_{split} must be numeric and y_{split} integer class ids "
+                             f"(got {x.dtype}, {y.dtype}); {NPZ_HINT}")
+        if x.ndim < 2 or y.shape != (len(x),) or not len(x):
+            raise UsageError(f"{path}: {split} arrays have shapes x{x.shape} y{y.shape}; {NPZ_HINT}")
+        if y.min() < 0:
+            raise UsageError(f"{path}: y_{split} holds negative class ids; {NPZ_HINT}")
+    if a["x_train"].shape[1:] != a["x_test"].shape[1:]:
+        raise UsageError(f"{path}: x_train examples have shape {a['x_train'].shape[1:]} but x_test "
+                         f"{a['x_test'].shape[1:]}; {NPZ_HINT}")
+    classes = int(max(a["y_train"].max(), a["y_test"].max())) + 1
+    return _finish(f"npz:{Path(path).name}", a["x_train"], a["y_train"], a["x_test"], a["y_test"],
+                   max(classes, 2))
+
+
 def load_synthetic(*, shape: tuple[int, ...] = (784,), num_classes: int = 10,
                    num_train: int = 60000, num_test: int = 10000, seed: int = 0) -> Dataset:
     """Gaussian inputs labelled by a random linear teacher: learnable, any shape, for benchmarks."""
@@ -270,8 +312,11 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
 
 def load_dataset(name: str, **kwargs) -> Dataset:
     """Loads a registered dataset; kwargs go to its loader (see the load_* functions)."""
+    if name.startswith("npz:"):
+        return load_npz(name[4:])
     if name not in LOADERS:
-        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(LOADERS))}")
+        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(LOADERS))} "
+                         "or npz:FILE.npz")
     if name in TFDS_NAMES:
         return load_tfds(name, **kwargs)
     return LOADERS[name](**kwargs)

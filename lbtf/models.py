@@ -24,9 +24,12 @@ wrn16_4: the same blocks, 2 per stage, widths 64, 128, 256; its stem has 16 chan
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections.abc import Callable
 
 import keras
+import numpy as np
 from keras import layers
 
 from lbtf.choices import HOFFER_NETWORKS, KESKAR_NETWORKS, NETWORKS, VARIANTS  # noqa: F401
@@ -117,8 +120,57 @@ def _residual(x, name: str, variant: str, norm: NormFactory):
     return layers.GlobalAveragePooling2D()(x)
 
 
+def is_user_network(name: str) -> bool:
+    """A researcher's own network, named as `package.module:builder`."""
+    return ":" in name
+
+
+def user_builder(spec: str) -> Callable[..., keras.Model]:
+    """The builder `package.module:function` names (importable from the working directory)."""
+    module, _, attr = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        raise UsageError(f"--network={spec}: cannot import {module} ({e}); put it on PYTHONPATH "
+                         "or in the working directory") from None
+    except AttributeError:
+        raise UsageError(f"--network={spec}: module {module} has no {attr}; name a function "
+                         "taking input_shape and num_classes (and norm)") from None
+    if not callable(found):
+        raise UsageError(f"--network={spec}: {attr} is not callable; name a builder function")
+    return found
+
+
+def takes_norm(builder: Callable) -> bool:
+    """Whether a user's builder takes lbtf's normalisation factory (`norm=`), through which BN
+    treatments, ghost BN and --bn_layer=none reach its layers."""
+    try:
+        params = inspect.signature(builder).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "norm" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _build_user(spec: str, input_shape, num_classes: int, norm: NormFactory | None) -> keras.Model:
+    builder = user_builder(spec)
+    extra = {"norm": norm or layers.BatchNormalization} if takes_norm(builder) else {}
+    model = builder(input_shape=tuple(input_shape), num_classes=num_classes, **extra)
+    if not isinstance(model, keras.Model):
+        raise UsageError(f"--network={spec} returned {type(model).__name__}, not a keras.Model")
+    out = model(np.zeros((2, *input_shape), np.float32), training=False)
+    probs = keras.ops.convert_to_numpy(out)
+    if probs.shape != (2, num_classes) or not np.allclose(probs.sum(1), 1.0, atol=1e-3) or (
+            probs < 0).any():  # lbtf trains on the cross-entropy of probabilities
+        raise UsageError(f"--network={spec} must output softmax probabilities of shape (batch, "
+                         f"{num_classes}), got outputs of shape {probs.shape} that are not; end "
+                         "the model in a softmax")
+    return model
+
+
 def check_compatible(name: str, input_shape: tuple[int, ...]) -> None:
     """Raises a UsageError when `name` is unknown or cannot take inputs of `input_shape`."""
+    if is_user_network(name):
+        return  # checked when built (`_build_user`)
     if name not in NETWORKS:
         raise UsageError(f"unknown network {name!r}; choose one of {', '.join(NETWORKS)}")
     if name in IMAGE_NETWORKS and len(input_shape) != 3:
@@ -136,6 +188,8 @@ def build_model(name: str, *, input_shape: tuple[int, ...], num_classes: int,
     (`keras.utils.set_random_seed`).
     """
     check_compatible(name, input_shape)
+    if is_user_network(name):
+        return _build_user(name, input_shape, num_classes, norm)
     if variant not in VARIANTS:
         raise UsageError(f"unknown arch_variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     norm = norm or layers.BatchNormalization

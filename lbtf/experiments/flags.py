@@ -40,12 +40,16 @@ flags.DEFINE_enum("experiment", "table2", EXPERIMENTS,
                   "sqrt lr + regime adaptation, augmentation, conservative, adversarial, SAM); "
                   "hoffer: Hoffer et al.'s Table 1 (SB, LB, +LR, +GBN, +RA, fixed budgets); "
                   "performance_model: Appendix C's calculator; info: the six networks' sizes.")
-flags.DEFINE_enum("network", "F1", NETWORKS, "Network: Keskar et al.'s Appendix B (F1-C4) or "
-                  "Hoffer et al.'s residual networks (resnet44, wrn16_4).")
+flags.DEFINE_string("network", "F1", "Network: Keskar et al.'s Appendix B (F1-C4), Hoffer et "
+                    "al.'s residual networks (resnet44, wrn16_4), or your own as "
+                    "package.module:builder (a function of input_shape, num_classes and, for BN "
+                    "treatments, norm; ending in a softmax).")
 flags.DEFINE_enum("arch_variant", "paper", VARIANTS,
                   "paper: Appendix B as written; reference: the authors' released code.")
 # Data.
-flags.DEFINE_enum("dataset", "mnist1d", sorted(LOADERS), "Dataset (see README, Data).")
+flags.DEFINE_string("dataset", "mnist1d", f"Dataset: one of {', '.join(sorted(LOADERS))} "
+                    "(docs/data_and_networks.md), or your own as npz:FILE.npz (x_train, y_train, "
+                    "x_test, y_test).")
 flags.DEFINE_string("data_dir", None, "Data root: tfds data and the MNIST-1D cache "
                     "(default: tfds' own and ~/.cache/lbtf).")
 flags.DEFINE_integer("mnist1d_samples", 5000, "MNIST-1D samples (80% train, 20% test).",
@@ -302,6 +306,18 @@ def _valid_measure_bn(values: list[str]) -> bool:
                  "(or nothing)")
 def _valid_paths(values: list[str]) -> bool:
     return all(v in PATHS for v in values)
+
+
+@flags.validator("network", message=f"--network takes one of {', '.join(NETWORKS)} or "
+                 "package.module:builder")
+def _valid_network(value: str) -> bool:
+    return value in NETWORKS or bool(re.fullmatch(r"[\w.]+:\w+", value))
+
+
+@flags.validator("dataset", message=f"--dataset takes one of {', '.join(sorted(LOADERS))} or "
+                 "npz:FILE.npz")
+def _valid_dataset(value: str) -> bool:
+    return value in LOADERS or (value.startswith("npz:") and len(value) > 4)
 
 
 @flags.validator("measures", message=f"--measures takes names from {', '.join(MEASURES)}")

@@ -11,7 +11,13 @@ from lbtf.choices import resolve_batch_size
 from lbtf.distribute import check_bn_split, describe, make_strategy
 from lbtf.errors import UsageError
 from lbtf.experiments.config import Config, DataConfig
-from lbtf.models import check_compatible
+from lbtf.models import (
+    build_model,
+    check_compatible,
+    is_user_network,
+    takes_norm,
+    user_builder,
+)
 
 
 def loader_options(data: DataConfig, *, seed: int) -> dict:
@@ -22,6 +28,7 @@ def loader_options(data: DataConfig, *, seed: int) -> dict:
         "digits": dict,
         "mnist5k": dict,
         "timit": lambda: {"path": data.timit_path},
+        **({data.dataset: dict} if data.dataset.startswith("npz:") else {}),
         "synthetic": lambda: {"shape": data.synthetic_shape, "num_classes": data.synthetic_classes,
                               "num_train": data.synthetic_train, "num_test": data.synthetic_test,
                               "seed": seed},
@@ -49,6 +56,23 @@ def milestone_warning(cfg: Config) -> str | None:
             "--max_epochs to reach them)")
 
 
+def check_user_network(cfg: Config, bn_layers: dict | None, data: data_lib.Dataset) -> None:
+    """A user's network is built once here, so a wrong one is refused before a run folder
+    exists. A builder without lbtf's normalisation factory (`norm=`) runs with its own layers;
+    what needs the factory (another --bn_layer, ghost BN in a regime) is refused in one line."""
+    if not is_user_network(cfg.model.network):
+        return
+    build_model(cfg.model.network, input_shape=data.input_shape, num_classes=data.num_classes)
+    if takes_norm(user_builder(cfg.model.network)):
+        return
+    kinds = {cfg.model.bn_layer, *(k for ks in (bn_layers or {}).values() for k in ks)}
+    if kinds != {"standard"}:
+        needs = ", ".join(sorted(kinds - {"standard"}))
+        raise UsageError(f"--network={cfg.model.network} takes no norm= argument, so lbtf cannot "
+                         f"put {needs} BN into it (this experiment or --bn_layer needs it); add a "
+                         "norm parameter (a callable making the normalisation layer) to the builder")
+
+
 def prepare(cfg: Config, batch_specs: dict[str, int | float], log=print,
             bn_layers: dict[str, tuple[str, ...]] | None = None):
     """Creates the strategy, loads data, checks the network fits it and the batch sizes fit the
@@ -73,6 +97,7 @@ def prepare(cfg: Config, batch_specs: dict[str, int | float], log=print,
         if on and len(data.input_shape) != 3:
             raise UsageError(f"--{name} needs image data, but {data.name}'s inputs have shape "
                              f"{tuple(data.input_shape)}; use an image dataset or drop --{name}")
+    check_user_network(cfg, bn_layers, data)
     batches = {}
     for regime, spec in batch_specs.items():
         batches[regime] = resolve_batch_size(spec, data.num_train)
