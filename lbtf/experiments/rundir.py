@@ -16,7 +16,7 @@ from pathlib import Path
 import tensorflow as tf
 
 import lbtf
-from lbtf import lbfgsb, runs
+from lbtf import lbfgsb, runs, summaries
 from lbtf.distribute import is_chief, worker
 from lbtf.errors import UsageError
 from lbtf.experiments import sharding
@@ -135,7 +135,9 @@ def summary_writer(run_dir: Path, name: str):
 
 
 def write_results(run_dir: Path, results: dict, report: str, log=print) -> None:
-    """results.json last: its presence marks a finished run. Logs the run folder's size."""
+    """results.json last: its presence marks a finished run. Before it, the measurements and
+    headline numbers go to TensorBoard (lbtf.summaries). Logs the run folder's size."""
+    summaries.publish(lambda name: runs.write_path(run_dir / "tb" / name), results)
     runs.atomic_write_text(run_dir / "report.md", report)
     runs.atomic_write_json(run_dir / "results.json", results)
     files = [f for f in runs.read_path(run_dir).rglob("*") if f.is_file()]
