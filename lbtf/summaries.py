@@ -126,6 +126,8 @@ def publish(tb_dir, results: dict) -> list[str]:
     the root. Returns the metric tags."""
     from tensorboard.plugins.hparams import api as hp
 
+    if not results.get("runs") and not results.get("measurements"):
+        return []  # nothing trained or measured (e.g. --experiment=info): no tb/ folder
     path = tb_dir if callable(tb_dir) else (lambda name: Path(tb_dir) / name)
     per_run = run_scalars(results)
     for name, steps in per_run.items():

@@ -9,10 +9,11 @@ import scipy
 from absl import flags
 from conftest import run_cli, run_experiment
 
-from lbtf.checkpoints import kept_weights
+from lbtf.checkpoints import KERAS_WEIGHTS, kept_weights
 from lbtf.errors import UsageError
 from lbtf.experiments.rundir import cpu_model
 from lbtf.lbfgsb import FAST
+from lbtf.models import build_model
 
 TINY = ["--mnist1d_samples=500", "--max_epochs=3", "--trials=2", "--patience=2", "--nosharpness",
         "--parametric_points=4"]
@@ -181,6 +182,21 @@ def test_table2_end_to_end(data_dir, tmp_path):
     dist = pd.DataFrame(results["distances"])
     assert list(dist.trial) == [0, 1] and (dist.sb_distance > 0).all()
     assert dist.ratio.to_numpy() == pytest.approx(dist.sb_distance / dist.lb_distance)
+    # Both distances again, from the saved .weights.h5 files through Keras' own loader and NumPy:
+    # from the trial's start (weights-0), not from the other regime's minimiser.
+    model = build_model("F1", input_shape=(40,), num_classes=10)
+
+    def trainable(path) -> np.ndarray:
+        model.load_weights(str(path) + KERAS_WEIGHTS)
+        return np.concatenate([np.ravel(w.numpy()) for w in model.trainable_weights]).astype("f8")
+    for d in dist.itertuples():
+        at = {r["regime"]: r for r in results["runs"] if r["trial"] == d.trial}
+        start = trainable(run / "checkpoints" / f"trial{d.trial}_SB" / "weights-0")
+        assert np.array_equal(start, trainable(run / "checkpoints" / f"trial{d.trial}_LB"
+                                               / "weights-0"))  # one start for both regimes
+        for regime, got in (("SB", d.sb_distance), ("LB", d.lb_distance)):
+            w = trainable(at[regime]["checkpoint"])
+            assert got == pytest.approx(np.sqrt(np.sum((w - start) ** 2)), rel=1e-6)
     assert "## Distance from the starting point" in report
 
 

@@ -68,6 +68,34 @@ def test_a_damaged_resume_checkpoint_falls_back_and_the_run_ends_as_uninterrupte
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_a_restore_that_assigns_weights_and_then_fails_restarts_from_the_start(tmp_path):
+    """Both resume checkpoints replaced by whole, readable checkpoints of the model alone holding
+    other weights (a kept weights checkpoint copied into resume/, say): restoring one assigns
+    every model weight and only then fails (no optimizer or run state), so the restart must put
+    the run's own start back before training afresh, and ends as an uninterrupted run."""
+    import tensorflow as tf
+
+    reference = Trainer(_net, DATA, CONFIG)
+    fit(reference, seed=0, log=lambda s: None)
+    trainer = Trainer(_net, DATA, CONFIG)
+    with pytest.raises(Killed):
+        fit(trainer, seed=0, checkpoint_dir=tmp_path, log=_killed_after(3))
+    keras.utils.set_random_seed(7)
+    other = keras.models.clone_model(_net())  # the same shapes, other values
+    for name in ("ckpt-1", "ckpt-2"):
+        for f in (tmp_path / "resume").glob(f"{name}.*"):
+            f.unlink()
+        tf.train.Checkpoint(model=other).write(str(tmp_path / "resume" / name))
+    lines = []
+    restarted = Trainer(_net, DATA, CONFIG)
+    result = fit(restarted, seed=0, checkpoint_dir=tmp_path, log=lines.append)
+    text = "\n".join(lines)
+    assert text.count("is damaged") == 2 and "the run starts afresh" in text
+    assert "Traceback" not in text and result.history[-1]["epoch"] == 4
+    for a, b in zip(values(restarted.model), values(reference.model), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_a_damaged_record_is_done_again(tmp_path):
     path = tmp_path / "runs" / "trial0_SB.json"
     path.parent.mkdir()

@@ -101,3 +101,44 @@ def test_clipping_acts_on_the_global_gradient(replicas):
     moved = np.sqrt(sum(np.sum((a - b) ** 2)
                         for a, b in zip(values(trainer.model), before, strict=True)))
     assert moved == pytest.approx(1e-3, rel=1e-4)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_two_sgd_steps_with_clipping_then_weight_decay_match_numpy(replicas):
+    """PyTorch's order (clip_grad_norm_ on the gradient, then SGD adds wd w inside its step):
+    b <- mu b + (clip(g) + wd w); w <- w - lr b, by hand, on 1 or 2 replicas. The clip binds
+    (||g|| is over 10x the norm) and the decay is large, so the other order is far off."""
+    lr, mu, wd, clip = 0.1, 0.9, 0.05, 0.02
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    strategy = (tf.distribute.MirroredStrategy(cpus) if replicas == 2
+                else tf.distribute.get_strategy())
+    config = TrainConfig(batch_size=DATA.num_train, optimizer="sgd", momentum=mu,
+                         weight_decay=wd, learning_rate=lr, remedies=Remedies(clip_norm=clip),
+                         jit_compile=False, bn_eval="moving")
+    trainer = Trainer(lambda: mlp(3), DATA, config, strategy=strategy)
+    ref = mlp(3)
+    w = values(ref)
+    buffers = [np.zeros_like(v) for v in w]
+    other = [v.copy() for v in w]  # decay first, then clip: the order this test rules out
+    for _ in range(2):
+        trainer.train_epoch(np.random.default_rng(0))
+        grads = _full_gradient(ref)
+        norm = np.sqrt(sum(np.sum(g.astype("f8") ** 2) for g in grads))
+        assert norm > 10 * clip
+        clipped = [g * clip / norm for g in grads]
+        buffers = [mu * b + g + wd * v for b, g, v in zip(buffers, clipped, w, strict=True)]
+        w = [v - lr * b for v, b in zip(w, buffers, strict=True)]
+        ref.set_weights(w)
+    for got, want in zip(values(trainer.model), w, strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-6)
+    # The other order, one step from the start: it moves the weights differently by far more
+    # than the tolerance above.
+    ref.set_weights(other)
+    grads = _full_gradient(ref)
+    decayed = [g + wd * v for g, v in zip(grads, other, strict=True)]
+    n = np.sqrt(sum(np.sum(d.astype("f8") ** 2) for d in decayed))
+    first_other = [v - lr * d * min(1.0, clip / n) for v, d in zip(other, decayed, strict=True)]
+    first_ours = [v - lr * (g * clip / np.sqrt(sum(np.sum(x.astype("f8") ** 2) for x in grads))
+                            + wd * v) for v, g in zip(other, grads, strict=True)]
+    gap = max(np.max(np.abs(a - b)) for a, b in zip(first_other, first_ours, strict=True))
+    assert gap > 1e-4

@@ -48,3 +48,22 @@ def test_largest_against_smallest_pairs_trials():
     g = pd.DataFrame({"trial": [0, 0, 1, 1, 2], "batch_size": [32, 1024, 32, 1024, 32],
                       "value": [1.0, 5.0, 3.0, 2.0, 9.0]})
     assert largest_vs_smallest(g) == (1, 2)  # trial 2 has no large batch
+
+
+def test_loss_gap_correlation_of_a_constructed_study():
+    """The loss gap is test minus training loss, ranked against the measure by hand: gaps 0.1,
+    0.3, 0.2, 0.4 against values 1..4 give 5 concordant pairs and 1 discordant, tau = 4/6. The
+    training losses differ, so the test loss alone (1 concordant, 4 discordant, a tie) or the
+    flipped gap (-4/6) give other values; the accuracy gap falls as the measure rises (tau -1)."""
+    train_loss, loss_gap = [0.5, 0.1, 0.3, 0.0], [0.1, 0.3, 0.2, 0.4]
+    runs = pd.DataFrame({"trial": [0] * 4, "regime": ["B1", "B2", "B3", "B4"],
+                         "batch_size": [1, 2, 3, 4], "train_acc": [1.0] * 4,
+                         "test_acc": [0.6, 0.7, 0.8, 0.9], "train_loss": train_loss,
+                         "test_loss": [a + g for a, g in zip(train_loss, loss_gap, strict=True)]})
+    found = pd.DataFrame({"trial": [0] * 4, "regime": ["B1", "B2", "B3", "B4"],
+                          "measure": ["m"] * 4, "bn": ["moving"] * 4, "space": ["full"] * 4,
+                          "epsilon": [None] * 4, "value": [1.0, 2.0, 3.0, 4.0]})
+    row = correlations(joined(found, runs)).iloc[0]
+    assert row.tau_gap_loss == pytest.approx(4 / 6)
+    assert row.tau_gap_acc == pytest.approx(-1.0)
+    assert row.tau_batch == pytest.approx(1.0)
