@@ -9,6 +9,7 @@ resume checkpoint once the run's record is written (`remove_resume`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+from google.protobuf import text_format
 
 from lbtf.errors import WRITE_FAILED_HINT, UsageError
 from lbtf.runs import read_path, write_path
@@ -48,15 +50,29 @@ class Checkpoints:
     """
 
     def __init__(self, trackables: dict, directory: str | Path, *,
-                 save_dir: str | Path | None = None):
+                 save_dir: str | Path | None = None, log=print):
         self.save_dir = Path(save_dir or directory)
         self.directory = Path(directory)
         self.state = RunState()
         self.model = trackables["model"]
         self._full = tf.train.Checkpoint(**trackables, state=self.state)
         self._model = tf.train.Checkpoint(model=trackables["model"])
-        self._resume = tf.train.CheckpointManager(self._full, str(self.save_dir / "resume"),
-                                                  max_to_keep=2, checkpoint_name="ckpt")
+        self._resume = self._manager(log)
+
+    def _manager(self, log) -> tf.train.CheckpointManager:
+        """The resume checkpoints' manager. It reads the folder's `checkpoint` index file, which a
+        failing disk can leave unreadable; restoring never needs it (`_resume_checkpoints` goes
+        by the files), so a damaged one is deleted and written afresh by the next save."""
+        make = functools.partial(tf.train.CheckpointManager, self._full,
+                                 str(self.save_dir / "resume"), max_to_keep=2,
+                                 checkpoint_name="ckpt")
+        try:
+            return make()
+        except (UnicodeDecodeError, text_format.ParseError, tf.errors.OpError) as e:
+            index = self.save_dir / "resume" / "checkpoint"
+            log(f"  {index} is damaged ({str(e).splitlines()[0][:80]}); discarded")
+            index.unlink(missing_ok=True)
+            return make()
 
     def restore(self, log=print) -> tuple[str, dict] | None:
         """(checkpoint, run state) of the newest resume checkpoint that restores, newest first;
@@ -163,6 +179,28 @@ def load_weights(model: keras.Model, checkpoint: str, network: str) -> None:
         raise UsageError(f"cannot load checkpoint {checkpoint} into network {network} ({first}); "
                          "pass a weights checkpoint written by lbtf for the same --network, "
                          "--arch_variant and --dataset") from None
+
+
+def damage(prefix: str) -> str | None:
+    """Why the kept weights checkpoint `prefix` cannot be read whole (every tensor read, so a
+    truncated or overwritten data file shows), with its .weights.h5 when it has one; None if it
+    can. A missing .weights.h5 is not damage: runs before lbtf wrote them have none."""
+    import h5py
+
+    try:
+        reader = tf.train.load_checkpoint(str(read_path(prefix)))
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except (tf.errors.OpError, ValueError, OSError, IndexError) as e:
+        return str(e).strip().splitlines()[0][:100] if str(e).strip() else type(e).__name__
+    h5 = read_path(prefix + KERAS_WEIGHTS)
+    if h5.is_file():
+        try:
+            with h5py.File(h5, "r") as f:
+                f.visititems(lambda _, o: o[()] if isinstance(o, h5py.Dataset) else None)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            return f"{h5.name}: {str(e).splitlines()[0][:80]}"
+    return None
 
 
 def checkpoint_at(checkpoint_dir: str | Path, epoch: int | None = None) -> str | None:

@@ -296,7 +296,7 @@ def fit(trainer: Trainer, *, seed: int = 0, checkpoint_dir: str | Path | None = 
     """
     cfg = trainer.config
     rng = np.random.default_rng(seed)
-    ckpts = (Checkpoints(trainer.trackables(), checkpoint_dir, save_dir=save_dir)
+    ckpts = (Checkpoints(trainer.trackables(), checkpoint_dir, save_dir=save_dir, log=log)
              if checkpoint_dir else None)
     history, reason, elapsed, resumed = [], None, 0.0, 0
     start_variables = [v.numpy() for v in trainer.model.variables] if ckpts else None

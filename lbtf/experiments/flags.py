@@ -439,10 +439,15 @@ def read_saved(path) -> dict[str, object]:
     return values
 
 
+# The last line of every flags.txt: a file without it was cut short (a failing disk, a crash of
+# an older writer) and cannot be told from another run's flags.
+END = "# end of an lbtf run's flags"
+
+
 def flags_text() -> str:
-    """The resolved flags as a flagfile (the run folder's flags.txt)."""
+    """The resolved flags as a flagfile (the run folder's flags.txt), ending in END."""
     return "".join(f.serialize() + "\n" for f in module_flags()
-                   if f.value is not None and f.name not in NOT_SAVED)
+                   if f.value is not None and f.name not in NOT_SAVED) + END + "\n"
 
 
 def parse(argv: list[str]):

@@ -21,14 +21,15 @@ from lbtf.distribute import is_chief, worker
 from lbtf.errors import UsageError
 from lbtf.experiments import sharding
 from lbtf.experiments.config import Config
-from lbtf.experiments.flags import RENAMED
+from lbtf.experiments.flags import END, RENAMED
 
 
 def _differing(saved: str, current: str) -> list[str]:
     """The flags whose values differ between two flagfiles; a run folder saved under a flag's old
     name (flags.RENAMED) compares under the new one."""
     def parse(text: str) -> dict[str, str]:
-        pairs = (ln.lstrip("-").partition("=")[::2] for ln in text.splitlines() if ln)
+        pairs = (ln.lstrip("-").partition("=")[::2] for ln in text.splitlines()
+                 if ln and not ln.startswith("#"))
         return {RENAMED.get(k, k): v for k, v in pairs}
     a, b = parse(saved), parse(current)
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
@@ -56,7 +57,12 @@ def start_run(cfg: Config, experiment: str, strategy: tf.distribute.Strategy | N
                 runs.remove_stray_temporaries(run_dir)
         saved = run_dir / "flags.txt"
         if saved.is_file():
-            changed = _differing(saved.read_text(), text)
+            saved_text = saved.read_text(errors="replace")
+            changed = _differing(saved_text, text)
+            if changed and END not in saved_text:
+                raise UsageError(f"run folder {run_dir}: flags.txt is incomplete or unreadable "
+                                 "(damaged); if this command is the run's own, delete "
+                                 f"{saved} and start it again, else choose another --run_name")
             if changed:
                 raise UsageError(f"run folder {run_dir} was started with other values of "
                                  f"{', '.join('--' + c for c in changed)}; start it again with its "

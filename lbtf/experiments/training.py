@@ -14,8 +14,9 @@ import pandas as pd
 
 from lbtf import data as data_lib
 from lbtf import runs
-from lbtf.checkpoints import checkpoint_at, remove_resume
+from lbtf.checkpoints import checkpoint_at, damage, remove_resume
 from lbtf.distribute import describe, memory_statement
+from lbtf.errors import UsageError
 from lbtf.experiments import sharding
 from lbtf.experiments.config import Config, field_group
 from lbtf.experiments.rundir import cached, summary_writer
@@ -171,14 +172,12 @@ def train_regimes(cfg: Config, *, data, strategy, batches: dict[str, int], run_d
             path = run_dir / "runs" / f"{name}.json"
             # The start is drawn when the run is computed: also for a damaged record, which
             # `cached` discards and computes again.
-            record = cached(path, functools.partial(
+            record, point = _with_whole_weights(cfg, path, functools.partial(
                 train_from, trainer, start_of, name=name, run_dir=run_dir, seed=seed, log=log,
                 hparams={"network": cfg.model.network, "dataset": data.name, "regime": regime,
                          "batch_size": batch, "seed": seed,
                          "learning_rate": trainer.config.learning_rate},
                 label=f"[trial {trial + 1}/{cfg.training.trials} {regime} B={batch}]"), log=log)
-            remove_resume(record["checkpoint_dir"])  # the record now holds what it was for
-            point = at_point(record, cfg.measure.measure_point, cfg.measure.measure_at_loss)
             history = record.pop("history")
             finals.append({"trial": trial, "regime": regime, "batch_size": batch, "seed": seed,
                            **record, **point})
@@ -187,6 +186,26 @@ def train_regimes(cfg: Config, *, data, strategy, batches: dict[str, int], run_d
         history = pd.concat(histories, ignore_index=True)
         runs.atomic_write_text(run_dir / "history.csv", history.to_csv(index=False))
     return pd.DataFrame(finals)
+
+
+def _with_whole_weights(cfg: Config, path: Path, train, log=print) -> tuple[dict, dict]:
+    """(record, measured point) of one run: its record (`cached`), trained again when a weights
+    checkpoint the experiment reads back (the start or the measured point) is damaged, so that a
+    failing disk or a crash costs that run, never the results."""
+    for _ in range(2):
+        record = cached(path, train, log=log)
+        remove_resume(record["checkpoint_dir"])  # the record now holds what it was for
+        point = at_point(record, cfg.measure.measure_point, cfg.measure.measure_at_loss)
+        read_back = dict.fromkeys([checkpoint_at(record["checkpoint_dir"], 0), point["checkpoint"]])
+        bad = next(((c, why) for c in read_back if c and (why := damage(c))), None)
+        if bad is None:
+            return record, point
+        where = Path(bad[0])
+        where = where.relative_to(path.parents[1]) if where.is_relative_to(path.parents[1]) else where
+        log(f"  {where}: damaged ({bad[1]}); {path.stem} trained again")
+        path.unlink()  # the record without its weights: discarded
+    raise UsageError(f"the weights of {path.stem} in {path.parents[1]} are damaged again after "
+                     "training it again; check the disk (or --output_dir) and start again")
 
 
 def without_diverged(trained: pd.DataFrame, log=print) -> pd.DataFrame:
