@@ -221,7 +221,8 @@ class Trainer:
         kinds = set()
         for lay in bn_layers(self.model):
             ghost = getattr(lay, "virtual_batch_size", "absent")
-            kinds.add(type(lay).__name__ + (f"({ghost if ghost is not None else 'per replica'})"
+            name = type(lay).__name__.removeprefix("Sync")  # lbtf's two-pass synchronized BN
+            kinds.add(name + (f"({ghost if ghost is not None else 'per replica'})"
                                              if ghost != "absent" else
                                              "(synchronized)" if lay.synchronized else ""))
         return ", ".join(sorted(kinds)) or "none"
