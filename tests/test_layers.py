@@ -155,13 +155,6 @@ def test_bn_across_two_replicas(bn, one_device):
         np.testing.assert_allclose(mirrored["outputs"], single["outputs"], atol=1e-3)
 
 
-@pytest.fixture(scope="module")
-def two_cpus():
-    """One MirroredStrategy over the 2 logical CPUs for this module's in-process tests: two
-    strategies in one process can reuse each other's collective keys."""
-    return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
-
-
 def _halves(strategy, x: np.ndarray):
     """x distributed as replica r's rows [r n/2, (r + 1) n/2)."""
     half = len(x) // 2
@@ -175,7 +168,7 @@ X_FAR = (np.random.default_rng(4).normal(size=(128, 2, 4)) + [0.0, 30.0, 300.0, 
          ).astype(np.float32)
 
 
-def test_synchronized_moments_are_two_pass_accurate(two_cpus):
+def check_synchronized_moments_are_two_pass_accurate(two_cpus):
     from lbtf.layers import sync_moments
 
     want_var = X_FAR.astype(np.float64).var(axis=(0, 1))
@@ -213,7 +206,7 @@ def _bn_step(layer, x, w):
     return (out, *tape.gradient(loss, [x, layer.gamma, layer.beta]))
 
 
-def test_synchronized_bn_is_as_accurate_as_one_device(two_cpus):
+def check_synchronized_bn_is_as_accurate_as_one_device(two_cpus):
     """SyncBatchNormalization on 2 replicas (half the batch each) and Keras BN on the whole batch
     on one device, both against float64 NumPy at channel means up to 3000 std: outputs and input
     and weight gradients no further off than one device's (float32's own limit at such means),
@@ -241,3 +234,30 @@ def test_synchronized_bn_is_as_accurate_as_one_device(two_cpus):
         np.testing.assert_allclose(local(layer.moving_mean.value)[r].numpy(), ref[4], rtol=1e-6)
         np.testing.assert_allclose(local(layer.moving_variance.value)[r].numpy(), ref[5],
                                    rtol=1e-4)
+
+
+SYNC_SCRIPT = """
+import os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, sys.argv[1])
+import test_layers
+strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+getattr(test_layers, sys.argv[2])(strategy)
+"""
+
+
+@pytest.mark.parametrize("check", ["check_synchronized_moments_are_two_pass_accurate",
+                                   "check_synchronized_bn_is_as_accurate_as_one_device"])
+def test_synchronized_statistics(check):
+    """The two checks above on 2 logical CPUs, in a fresh process each: a second MirroredStrategy
+    in the suite's process can reuse another's collective keys (a shape-mismatch abort seen in
+    test_placement when both ran in one worker)."""
+    import subprocess
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-c", SYNC_SCRIPT, str(Path(__file__).parent), check],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
